@@ -1,0 +1,1 @@
+"""Load, save and build InternVL policies."""

@@ -1,0 +1,1 @@
+"""Offline data work, importable as ``cascade_rl.data_tools``."""

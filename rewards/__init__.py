@@ -1,0 +1,1 @@
+"""Verifiable rewards, importable as ``cascade_rl.rewards``."""
