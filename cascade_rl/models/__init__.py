@@ -1,1 +1,29 @@
-"""Load, save and build InternVL policies."""
+"""Model-family knowledge lives here: loading and saving, the InternVL template, tiling, tiny builders.
+
+Stages never touch `pixel_values` or tiling themselves; they call these functions.
+"""
+
+from cascade_rl.models.chat import EncodedChat, encode_chat, encode_prompt, process_images, tokenizer_of
+from cascade_rl.models.io import CheckpointError, load_policy, save_policy
+from cascade_rl.models.processor import InternVLImageProcessor, build_internvl_processor, load_internvl_processor
+from cascade_rl.models.tiny import TINY_PRESETS, TinySpec, build_tiny_internvl, init_tiny
+from cascade_rl.models.tokenizer import build_tiny_tokenizer
+
+__all__ = [
+    "CheckpointError",
+    "EncodedChat",
+    "InternVLImageProcessor",
+    "TINY_PRESETS",
+    "TinySpec",
+    "build_internvl_processor",
+    "build_tiny_internvl",
+    "build_tiny_tokenizer",
+    "encode_chat",
+    "encode_prompt",
+    "init_tiny",
+    "load_internvl_processor",
+    "load_policy",
+    "process_images",
+    "save_policy",
+    "tokenizer_of",
+]
