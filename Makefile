@@ -32,7 +32,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	@for b in benchmarks/*.py; do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+	@for b in $(wildcard benchmarks/*.py); do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
