@@ -7,6 +7,8 @@ tokens are never sampled.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from cascade_rl.models import encode_prompt, tokenizer_of
@@ -28,17 +30,23 @@ class HFEngine:
         self.suppressed = list(getattr(processor, "image_token_ids", []))
 
     def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
-        """len(requests) × n rollouts, request by request, sample index 0..n-1 within each request."""
-        prompts = [encode_prompt(self.processor, r.messages, r.images, max_tiles=self.max_tiles) for r in requests]
-        jobs = [(i, k) for i in range(len(requests)) for k in range(n)]
+        """len(requests) × n rollouts, request by request, sample index 0..n-1 within each request.
+
+        The n samples of one request are generated together, in batches of `batch_size`. With `sampling.seed` set,
+        each request's samples depend only on (seed, prompt_id): the same prompt gives the same rollouts whatever
+        else is in the call, so an interrupted run that resumes reproduces the uninterrupted one.
+        """
+        tokenizer = tokenizer_of(self.processor)
         rollouts = []
-        for start in range(0, len(jobs), self.batch_size):
-            batch = jobs[start : start + self.batch_size]
-            seed = None if sampling.seed is None else sampling.seed + start
-            outputs = self._generate_batch([prompts[i] for i, _ in batch], sampling, seed)
-            for (i, k), (ids, logps, reason) in zip(batch, outputs):
-                text = tokenizer_of(self.processor).decode(ids[:-1] if reason == "stop" else ids)
-                rollouts.append(Rollout(requests[i].prompt_id, k, text, ids, logps, reason, dict(requests[i].meta)))
+        for request in requests:
+            prompt = encode_prompt(self.processor, request.messages, request.images, max_tiles=self.max_tiles)
+            for start in range(0, n, self.batch_size):
+                size = min(self.batch_size, n - start)
+                seed = None if sampling.seed is None else request_seed(sampling.seed, request.prompt_id, start)
+                for k, (ids, logps, reason) in enumerate(self._generate_batch([prompt] * size, sampling, seed)):
+                    text = tokenizer.decode(ids[:-1] if reason == "stop" else ids)
+                    meta = dict(request.meta)
+                    rollouts.append(Rollout(request.prompt_id, start + k, text, ids, logps, reason, meta))
         return rollouts
 
     @torch.no_grad()
@@ -85,6 +93,12 @@ class HFEngine:
 
     def close(self) -> None:
         self.model = None
+
+
+def request_seed(seed: int, prompt_id: str, offset: int) -> int:
+    """A 63-bit seed from (run seed, prompt id, first sample index), stable across processes and runs."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{offset}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def sampling_kwargs(sampling: SamplingParams) -> dict:

@@ -59,3 +59,13 @@ def test_same_seed_same_samples_and_greedy_is_deterministic(tiny_internvl):
     assert [r.token_ids for r in first] == [r.token_ids for r in second]
     greedy = engine.generate(reqs, n=2, sampling=SamplingParams(temperature=0.0, max_new_tokens=6))
     assert greedy[0].token_ids == greedy[1].token_ids  # two greedy samples of one prompt agree
+
+
+def test_a_prompt_samples_the_same_whatever_else_is_in_the_call(tiny_internvl):
+    model, processor = tiny_internvl
+    sample = SamplingParams(temperature=1.0, max_new_tokens=6, seed=11)
+    together = HFEngine(model, processor, max_tiles=6, batch_size=3).generate(
+        [request(0, 64), request(1, 128)], n=3, sampling=sample
+    )
+    alone = HFEngine(model, processor, max_tiles=6, batch_size=3).generate([request(1, 128)], n=3, sampling=sample)
+    assert [r.token_ids for r in together[3:]] == [r.token_ids for r in alone]
