@@ -1,9 +1,15 @@
-"""The `cascade-rl` command. Each subcommand is a thin wrapper over a library function."""
+"""The `cascade-rl` command. Each subcommand is a thin wrapper over a library function.
+
+Stage subcommands take `CONFIG.yaml [key=value ...]`: the YAML fills the stage's config dataclass, dotted
+overrides replace single keys (`sampling.n=16`), and a config can also be given by overrides alone.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 
 def _init_tiny(args: argparse.Namespace) -> int:
@@ -14,20 +20,63 @@ def _init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage(config_name: str, run_name: str):
+    """A subcommand that builds `cascade_rl.stages.offline.<config_name>` and calls `<run_name>` with it."""
+
+    def run(args: argparse.Namespace) -> int:
+        from cascade_rl.config import load_config
+        from cascade_rl.stages import offline
+
+        source, overrides = _split_source(args.config, args.overrides)
+        config = load_config(getattr(offline, config_name), source, overrides)
+        summary = getattr(offline, run_name)(config)
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+
+    return run
+
+
+def _split_source(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    if config is not None and "=" in config and not Path(config).exists():
+        return None, [config, *overrides]
+    return config, list(overrides)
+
+
+STAGES = {
+    "rollout": ("RolloutStageConfig", "run_rollouts", "sample, score and store rollouts; write the pass-rate ledger"),
+    "pairs": ("PairsStageConfig", "run_pairs", "build MMPR preference pairs from a rollout store"),
+    "filter": ("FilterStageConfig", "run_filter", "keep prompts whose pass rate lies in [low, high]"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from cascade_rl.models.tiny import TINY_PRESETS
+
     parser = argparse.ArgumentParser(prog="cascade-rl", description="Cascade RL post-training for InternVL.")
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("init-tiny", help="write a tiny random InternVL checkpoint (offline, for tests and demos)")
     tiny.add_argument("out_dir")
-    tiny.add_argument("--preset", default="tiny", choices=["tiny", "internvl3_5_1b_ratio"])
+    tiny.add_argument("--preset", default="tiny", choices=sorted(TINY_PRESETS))
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_init_tiny)
+    for name, (config_name, run_name, help_text) in STAGES.items():
+        stage = sub.add_parser(name, help=help_text)
+        stage.add_argument("config", nargs="?", help="YAML config file")
+        stage.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+        stage.set_defaults(func=_stage(config_name, run_name))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cascade_rl.config import ConfigError
+    from cascade_rl.data import DataError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as err:
+        print(f"cascade-rl {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
