@@ -24,9 +24,7 @@ def filter_by_pass_rate(
     """
     if not 0.0 <= low <= high <= 1.0:
         raise ValueError(f"need 0 <= low <= high <= 1, got low={low}, high={high}")
-    return [
-        pid for pid, s in ledger.stats.items() if s.n >= max(min_samples, 1) and low <= s.pass_rate <= high
-    ]
+    return [pid for pid, s in ledger.stats.items() if s.n >= max(min_samples, 1) and low <= s.pass_rate <= high]
 
 
 @dataclass

@@ -83,8 +83,11 @@ class PromptStats:
                 reason="bad_ledger",
             ) from e
         if not 0 <= n_correct <= n or not 0 <= truncations <= n:
-            raise DataError(f"{source}: counts out of range (n={n}, n_correct={n_correct}, truncations="
-                            f"{truncations}); rebuild the ledger from the rollout store", reason="bad_ledger")
+            raise DataError(
+                f"{source}: counts out of range (n={n}, n_correct={n_correct}, truncations="
+                f"{truncations}); rebuild the ledger from the rollout store",
+                reason="bad_ledger",
+            )
         return cls(n, n_correct, mean_reward * n, mean_length * n, truncations)
 
 
@@ -154,12 +157,17 @@ class PassRateLedger:
             for lineno, data in iter_jsonl(path):
                 source = f"{path} line {lineno}"
                 if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
-                    raise DataError(f"{source}: ledger line without a 'prompt_id'; fix or delete it", reason="bad_ledger")
+                    raise DataError(
+                        f"{source}: ledger line without a 'prompt_id'; fix or delete it", reason="bad_ledger"
+                    )
                 stats[data["prompt_id"]] = PromptStats.from_dict(data, source)
             return cls(stats)
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("prompts"), dict):
-            raise DataError(f"{path}: not a pass-rate ledger (expected format '{FORMAT}'); pass the file written by "
-                            "PassRateLedger.save", reason="bad_ledger")
+            raise DataError(
+                f"{path}: not a pass-rate ledger (expected format '{FORMAT}'); pass the file written by "
+                "PassRateLedger.save",
+                reason="bad_ledger",
+            )
         return cls({pid: PromptStats.from_dict(s, f"{path} prompt '{pid}'") for pid, s in doc["prompts"].items()})

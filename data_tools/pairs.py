@@ -112,7 +112,9 @@ def _candidates(pos: list[RolloutRecord], neg: list[RolloutRecord], summary: Pai
 
 
 def _key_rng(seed: int, key: Key) -> random.Random:
-    digest = hashlib.sha1(json.dumps([seed, list(key[0]), key[1], key[2]], ensure_ascii=False).encode("utf-8")).hexdigest()
+    digest = hashlib.sha1(
+        json.dumps([seed, list(key[0]), key[1], key[2]], ensure_ascii=False).encode("utf-8")
+    ).hexdigest()
     return random.Random(digest)
 
 

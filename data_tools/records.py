@@ -9,10 +9,12 @@ One record is one JSON line:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cascade_rl.data.errors import DataError
-from cascade_rl.rollout.base import Rollout
+
+if TYPE_CHECKING:  # importing cascade_rl.rollout loads the engines (torch, transformers): keep records light
+    from cascade_rl.rollout.base import Rollout
 
 _REQUIRED = ("prompt_id", "sample_index", "text", "token_ids", "logprobs", "finish_reason", "reward", "correct")
 

@@ -66,7 +66,9 @@ class RolloutStore:
         for shard in self._own_shards():
             dropped = _drop_torn_tail(shard)
             if dropped:
-                self.repairs.append(f"{shard}: dropped a torn last line ({dropped} bytes) left by an interrupted write")
+                self.repairs.append(
+                    f"{shard}: dropped a torn last line ({dropped} bytes) left by an interrupted write"
+                )
                 logger.warning(self.repairs[-1])
 
     # ---- writing -------------------------------------------------------------------------------------------

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from cascade_rl.data.images import load_images
 from cascade_rl.data.rows import PromptRow
-from cascade_rl.rollout.base import RolloutRequest
+
+if TYPE_CHECKING:
+    from cascade_rl.rollout.base import RolloutRequest
 
 
 def row_to_request(
@@ -16,6 +19,8 @@ def row_to_request(
 
     `meta` carries the dataset columns (question, images, answer, extra columns) untouched, for scoring.
     """
+    from cascade_rl.rollout.base import RolloutRequest  # lazily: the rollout package loads torch and the engines
+
     return RolloutRequest(
         prompt_id=row.id,
         messages=row.to_messages(system_prompt),
