@@ -58,9 +58,8 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(
-            f"unknown key {where}{unknown[0]!r}; valid keys{' in ' + where[:-1] if where else ''}: {', '.join(names)}"
-        )
+        section = f" in {where[:-1]}" if where else ""
+        raise ConfigError(f"unknown key '{where}{unknown[0]}'; valid keys{section}: {', '.join(names)}")
     kwargs = {name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
