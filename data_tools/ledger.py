@@ -45,6 +45,7 @@ class PromptStats:
         return self.length_sum / self.n if self.n else 0.0
 
     def add(self, record: RolloutRecord) -> None:
+        """Count one rollout: correct, reward, length in tokens, truncated (finish_reason == "length")."""
         self.n += 1
         self.n_correct += int(record.correct)
         self.reward_sum += record.reward
@@ -73,6 +74,7 @@ class PromptStats:
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> PromptStats:
+        """Rebuild from a saved entry (means times n give back the sums); bad entries raise DataError naming source."""
         try:
             n, n_correct, truncations = int(data["n"]), int(data["n_correct"]), int(data["truncations"])
             mean_reward, mean_length = float(data["mean_reward"]), float(data["mean_length"])
@@ -113,6 +115,7 @@ class PassRateLedger:
 
     @classmethod
     def from_records(cls, records: Iterable[RolloutRecord | dict[str, Any]]) -> PassRateLedger:
+        """A fresh ledger over `records` (e.g. a RolloutStore, which yields each sample once)."""
         ledger = cls()
         ledger.update_from_records(records)
         return ledger

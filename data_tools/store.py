@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory lock
 
 logger = logging.getLogger(__name__)
 
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_.]+-\d+\.jsonl")
 _KEY_PREFIX = re.compile(rb'^\{"prompt_id": ("(?:[^"\\]|\\.)*"), "sample_index": (\d+)')
 _CHUNK = 1 << 16
 
@@ -133,8 +134,8 @@ class RolloutStore:
 
     # ---- reading -------------------------------------------------------------------------------------------
     def shards(self) -> list[Path]:
-        """Every shard in the folder (all prefixes), in name order."""
-        return sorted(p for p in self.dir.glob("*.jsonl") if p.is_file())
+        """Every shard in the folder (all prefixes; other files are ignored), in name order."""
+        return sorted(p for p in self.dir.glob("*.jsonl") if _SHARD_NAME.fullmatch(p.name) and p.is_file())
 
     def _own_shards(self) -> list[Path]:
         return sorted(p for p in self.dir.glob(f"{self.prefix}-*.jsonl") if _shard_index(p) >= 0)

@@ -66,8 +66,14 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
             except DataError as e:
                 yield f"{path} line {lineno}", e
     elif suffix == ".json":
-        with open(path, encoding="utf-8") as f:
-            items = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                items = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); fix the file",
+                reason="bad_file",
+            ) from e
         if not isinstance(items, list):
             raise DataError(
                 f"{path}: expected a JSON list of row objects, got {type(items).__name__}; "

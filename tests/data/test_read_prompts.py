@@ -120,3 +120,12 @@ def test_unknown_file_type(tmp_path):
     path.write_text("question\nq\n")
     with pytest.raises(DataError, match="unknown prompt file type '.csv'; use .jsonl, .json or .parquet"):
         read_prompts(path)
+
+
+def test_broken_json_list_names_the_place(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('[{"question": "q"},\n {"question": }]')
+    with pytest.raises(
+        DataError, match=r"p.json: not valid JSON \(Expecting value at line 2 column 15\); fix the file"
+    ):
+        read_prompts(path)

@@ -22,6 +22,8 @@ def batch(make_record, prompt_id, n, **kw):
 
 def test_append_and_read_back(tmp_path, make_record):
     records = batch(make_record, "p0", 3) + batch(make_record, "p1", 2, correct=True)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "ledger.jsonl").write_text('{"prompt_id": "not a shard"}\n')  # ignored
     with RolloutStore(tmp_path / "store") as store:
         assert store.append(records[:3]) == 3
         assert store.append(records[3:]) == 2
