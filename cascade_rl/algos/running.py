@@ -44,7 +44,8 @@ class RunningMean:
     @torch.no_grad()
     def update(self, value: torch.Tensor | float) -> torch.Tensor:
         """Fold one scalar per rank into the mean and return the new mean (detached 0-d tensor)."""
-        value = torch.as_tensor(value).detach()
+        # A Python float goes straight to float64: torch.as_tensor(0.1) would round it through float32 first.
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float64)
         if value.numel() != 1:
             raise ValueError(f"RunningMean.update takes one scalar per call, got shape {tuple(value.shape)}")
         dtype = _state_dtype(value.device)
@@ -69,5 +70,7 @@ class RunningMean:
         if missing:
             raise KeyError(f"RunningMean state is missing {sorted(missing)}; it has {sorted(state)}")
         device = self.mean.device
-        self.mean = torch.as_tensor(state["mean"]).to(device=device, dtype=_state_dtype(device)).reshape(())
+        mean = state["mean"]
+        mean = mean.detach() if isinstance(mean, torch.Tensor) else torch.tensor(mean, dtype=torch.float64)
+        self.mean = mean.to(device=device, dtype=_state_dtype(device)).reshape(())
         self.count = float(state["count"])
