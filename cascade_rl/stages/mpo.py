@@ -1,0 +1,293 @@
+"""MPO stage (offline RL): train a policy on MMPR preference pairs with `cascade_rl.algos.mpo_loss` (SPEC §1).
+
+Plan of a run: load the policy → tokenise the pairs (never truncating inside an image) → reference log-probs in
+one no-grad pass, cached beside the pairs → AdamW + cosine schedule, gradient accumulation, DDP through
+accelerate → metrics.jsonl / trackers → resumable train state → a Hugging Face format checkpoint in `final/`.
+Each pair's vision features and shared prompt are computed once for both completions (models/logprobs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from cascade_rl.algos import RunningMean, mpo_loss
+from cascade_rl.config import dump_yaml
+from cascade_rl.models import load_policy, save_policy, tokenizer_of
+from cascade_rl.models.pairs import pair_token_logps
+from cascade_rl.models.parts import add_lora, freeze_parts, merge_lora
+from cascade_rl.stages.metrics import MetricsLog
+from cascade_rl.stages.pair_data import checkpoint_fingerprint, file_sha256, load_pairs
+from cascade_rl.stages.reference import cached_reference_logps
+from cascade_rl.stages.train_state import load_train_state, save_train_state
+
+
+@dataclass(frozen=True)
+class MPOConfig:
+    """InternVL3.5's released MPO settings are the defaults (SPEC §1): lr 2e-7, cosine, warmup 0.03, weight decay
+    0.05, β 0.1, weights (0.8, 0.2, 1.0), 1 epoch, max 12 tiles; global batch = per_device_batch × grad_accum ×
+    processes (InternVL: 1 × … = 256)."""
+
+    model_path: str = ""
+    pairs: str = ""
+    image_root: str | None = None
+    out_dir: str = "runs/mpo"
+    reference: str = "precomputed"
+    reference_path: str | None = None
+    beta: float = 0.1
+    loss_weights: tuple[float, float, float] = (0.8, 0.2, 1.0)
+    lr: float = 2e-7
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.03
+    lr_schedule: str = "cosine"
+    epochs: int = 1
+    max_steps: int = 0
+    per_device_batch: int = 1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    max_tiles: int = 12
+    max_length: int = 16384
+    on_overlong: str = "drop"
+    freeze_vision: bool = False
+    freeze_projector: bool = False
+    freeze_llm: bool = False
+    lora_rank: int = 0
+    lora_alpha: int = 16
+    mixed_precision: str = "auto"
+    save_steps: int = 0
+    seed: int = 0
+    log_with: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.model_path or not self.pairs:
+            raise ValueError("model_path and pairs are required")
+        if self.reference not in ("precomputed", "live"):
+            raise ValueError(f"reference must be 'precomputed' or 'live', got {self.reference!r}")
+        if self.on_overlong not in ("drop", "raise"):
+            raise ValueError(f"on_overlong must be 'drop' or 'raise', got {self.on_overlong!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.lora_rank and self.freeze_llm:
+            raise ValueError("lora_rank > 0 trains adapters inside the LLM; it cannot be combined with freeze_llm")
+        if min(self.per_device_batch, self.grad_accum, self.epochs) < 1:
+            raise ValueError("per_device_batch, grad_accum and epochs must be at least 1")
+
+
+class PairScorer(torch.nn.Module):
+    """Wraps the policy so one DDP forward scores a micro-batch of pairs (two model calls per pair inside).
+
+    forward(pairs) → (chosen_logps [B], rejected_logps [B], chosen_token_logps [B, T], chosen_mask [B, T]).
+    """
+
+    def __init__(self, model, pad_id: int):
+        super().__init__()
+        self.model = model
+        self.pad_id = pad_id
+
+    def forward(self, pairs):
+        sums, token_rows, mask_rows = [], [], []
+        for pair in pairs:
+            logps, mask = pair_token_logps(self.model, pair, pad_id=self.pad_id)
+            sums.append(logps.sum(-1))
+            token_rows.append(logps[0, : len(pair.chosen_ids)])
+            mask_rows.append(mask[0, : len(pair.chosen_ids)])
+        sums = torch.stack(sums)
+        tokens = torch.nn.utils.rnn.pad_sequence(token_rows, batch_first=True)
+        masks = torch.nn.utils.rnn.pad_sequence(mask_rows, batch_first=True)
+        return sums[:, 0], sums[:, 1], tokens, masks
+
+
+def global_order(n_pairs: int, epochs: int, seed: int) -> list[int]:
+    """Pair indices for the whole run: one seeded permutation per epoch, concatenated."""
+    order = []
+    for epoch in range(epochs):
+        order += torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return order
+
+
+def micro_batch(order: list[int], step: int, micro: int, config: MPOConfig, rank: int, world: int) -> list[int]:
+    """Indices for (optimizer step, micro-step, rank): micro-steps are consecutive slices of the global batch,
+    each split into `world` consecutive per-rank slices of `per_device_batch`."""
+    global_batch = config.per_device_batch * config.grad_accum * world
+    start = step * global_batch + (micro * world + rank) * config.per_device_batch
+    return order[start : start + config.per_device_batch]
+
+
+def make_accelerator(config: MPOConfig) -> Accelerator:
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "no"
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, log_with=config.log_with or None)
+
+
+def prepare_policy(config: MPOConfig):
+    """Load, freeze and (optionally) LoRA-wrap the policy; returns (model, processor, trainable counts)."""
+    model, processor = load_policy(config.model_path)
+    counts = freeze_parts(model, vision=config.freeze_vision, projector=config.freeze_projector, llm=config.freeze_llm)
+    if config.lora_rank:
+        model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha)
+    return model.train(), processor, counts
+
+
+def reference_logps(config: MPOConfig, model, pairs, pad_id: int, accelerator: Accelerator) -> torch.Tensor:
+    """[N, 2] reference (chosen, rejected) log-prob sums: computed by the main process, cached, read by all."""
+    ref_path = config.reference_path or config.model_path
+    key = {
+        "reference": checkpoint_fingerprint(ref_path),
+        "pairs": file_sha256([Path(config.pairs)]),
+        "max_tiles": config.max_tiles,
+        "max_length": config.max_length,
+        "n_pairs": len(pairs),
+    }
+    cache = Path(config.out_dir) / f"reference_logps-{key['reference'][:12]}.pt"
+    if accelerator.is_main_process:
+        ref_model = model if config.reference_path is None else load_policy(ref_path)[0]
+        cached_reference_logps(ref_model, pairs, cache, key, pad_id)
+    accelerator.wait_for_everyone()
+    return torch.load(cache, weights_only=True)["logps"]
+
+
+def make_schedule(config: MPOConfig, optimizer, total_steps: int):
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    if config.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def run_mpo(config: MPOConfig) -> dict:
+    """Train with MPO; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format)."""
+    out = Path(config.out_dir)
+    accelerator = make_accelerator(config)
+    torch.manual_seed(config.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(config, out / "mpo_config.yaml")
+    model, processor, trainable = prepare_policy(config)
+    pad_id = tokenizer_of(processor).pad_token_id or 0
+    pairs, data_summary = load_pairs(
+        config.pairs,
+        processor,
+        image_root=config.image_root,
+        max_tiles=config.max_tiles,
+        max_length=config.max_length,
+        on_overlong=config.on_overlong,
+    )
+    if not pairs:
+        raise ValueError(f"{config.pairs}: no trainable pairs ({data_summary})")
+    ref_logps = (
+        reference_logps(config, model, pairs, pad_id, accelerator) if config.reference == "precomputed" else None
+    )
+    live_ref = load_policy(config.reference_path or config.model_path)[0].eval() if ref_logps is None else None
+    world, rank = accelerator.num_processes, accelerator.process_index
+    order = global_order(len(pairs), config.epochs, config.seed)
+    total = len(order) // (config.per_device_batch * config.grad_accum * world)
+    total = min(total, config.max_steps) if config.max_steps else total
+    if total < 1:
+        raise ValueError(f"{len(pairs)} pairs cannot fill one global batch; lower per_device_batch or grad_accum")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_schedule(config, optimizer, total)
+    scorer, optimizer = accelerator.prepare(PairScorer(model, pad_id), optimizer)
+    running = RunningMean()
+    start = 0
+    resumed = load_train_state(out / "state", model=model, optimizer=optimizer, scheduler=scheduler)
+    if resumed is not None:
+        start, extra = resumed
+        running.load_state_dict(extra["delta"])
+    if accelerator.is_main_process and config.log_with:
+        accelerator.init_trackers("cascade_rl_mpo", config={"lr": config.lr, "beta": config.beta})
+    log = MetricsLog(out / "metrics.jsonl", accelerator)
+    step_fn = _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps, live_ref, accelerator)
+    bar = tqdm(range(start, total), desc="mpo", unit="step", disable=not accelerator.is_main_process)
+    for step in bar:
+        metrics = step_fn(pairs, [micro_batch(order, step, m, config, rank, world) for m in range(config.grad_accum)])
+        bar.set_postfix(loss=f"{log.log(step + 1, metrics)['loss']:.4f}")
+        if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < total:
+            _save_state(out, accelerator, model, optimizer, scheduler, step + 1, running)
+    accelerator.wait_for_everyone()
+    return _finish(config, accelerator, model, processor, data_summary, trainable, total - start)
+
+
+def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps, live_ref, accelerator):
+    """One optimizer step over `grad_accum` micro-batches; returns the step's metrics (micro-step means)."""
+    live_scorer = PairScorer(live_ref, scorer_pad_id(scorer)) if live_ref is not None else None
+
+    def reference(pairs, idx):
+        if ref_logps is not None:
+            return ref_logps[idx, 0], ref_logps[idx, 1]
+        with torch.no_grad():
+            chosen, rejected, _, _ = live_scorer(pairs)
+        return chosen.float().cpu(), rejected.float().cpu()
+
+    def step(pairs, micro_batches):
+        started, tokens, sums = time.time(), 0, {}
+        for m, idx in enumerate(micro_batches):
+            batch = [pairs[i] for i in idx]
+            sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(scorer)
+            with sync:
+                chosen, rejected, token_logps, mask = scorer(batch)
+                ref_chosen, ref_rejected = (t.to(chosen.device) for t in reference(batch, idx))
+                loss, metrics = mpo_loss(
+                    chosen,
+                    rejected,
+                    ref_chosen,
+                    ref_rejected,
+                    token_logps,
+                    mask,
+                    running=running,
+                    beta=config.beta,
+                    weights=tuple(config.loss_weights),
+                )
+                accelerator.backward(loss / len(micro_batches))
+            tokens += sum(p.num_tokens for p in batch)
+            for key, value in {"loss": loss.detach(), **metrics}.items():
+                sums[key] = sums.get(key, 0) + value / len(micro_batches)
+        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = max(time.time() - started, 1e-9)
+        return {**sums, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / elapsed}
+
+    return step
+
+
+def scorer_pad_id(scorer) -> int:
+    return getattr(scorer, "module", scorer).pad_id
+
+
+def _save_state(out: Path, accelerator, model, optimizer, scheduler, step: int, running) -> None:
+    if accelerator.is_main_process:
+        save_train_state(
+            out / "state",
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            step=step,
+            extra={"delta": running.state_dict()},
+        )
+    accelerator.wait_for_everyone()
+
+
+def _finish(config, accelerator, model, processor, data_summary, trainable, steps_run) -> dict:
+    out = Path(config.out_dir)
+    summary = {
+        "pairs": vars(data_summary),
+        "trainable_parameters": trainable,
+        "steps_run": steps_run,
+        "final": str(out / "final"),
+    }
+    if accelerator.is_main_process:
+        save_policy(merge_lora(model), processor, out / "final")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.end_training()
+    return summary

@@ -1,0 +1,40 @@
+"""Reference log-probs for MPO, computed once in a no-grad pass and cached beside the pairs file.
+
+The cache is keyed by the reference checkpoint's fingerprint, the pairs file's hash and the tokenisation settings,
+so a rerun reuses it and any change recomputes it. While training, no reference model sits in memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cascade_rl.models.pairs import EncodedPair, pair_token_logps
+
+
+@torch.no_grad()
+def sequence_logps(model, pairs: list[EncodedPair], pad_id: int) -> torch.Tensor:
+    """[N, 2] summed completion log-probs (chosen, rejected) under `model`, float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(pairs), 2)
+    for i, pair in enumerate(tqdm(pairs, desc="reference log-probs", unit="pair")):
+        logps, _ = pair_token_logps(model, pair, pad_id=pad_id)
+        out[i] = logps.sum(-1).float().cpu()
+    model.train(was_training)
+    return out
+
+
+def cached_reference_logps(model, pairs: list[EncodedPair], cache_file: Path, key: dict, pad_id: int) -> torch.Tensor:
+    """Load `cache_file` when its key matches `key`, else compute and write it (atomically)."""
+    if cache_file.exists():
+        cached = torch.load(cache_file, weights_only=True)
+        if cached.get("key") == key and cached["logps"].shape == (len(pairs), 2):
+            return cached["logps"]
+    logps = sequence_logps(model, pairs, pad_id)
+    tmp = cache_file.with_suffix(".tmp")
+    torch.save({"key": key, "logps": logps}, tmp)
+    tmp.replace(cache_file)
+    return logps

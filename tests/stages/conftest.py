@@ -1,0 +1,33 @@
+"""Fixtures for stage tests: a tiny checkpoint on disk, rendered images and an MMPR pairs file."""
+
+import json
+
+import pytest
+from synthetic import shapes_image
+
+
+def write_pairs(directory, n: int = 6, *, chosen_len_equal: bool = True) -> tuple:
+    """n pairs over n rendered images; chosen answers have equal token counts (one digit each)."""
+    images = directory / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        name = f"img{i}.png"
+        shapes_image(64 + 64 * (i % 2), 64, seed=i).save(images / name)
+        rows.append(
+            {
+                "image": name,
+                "question": "<image>\nHow many squares are there?",
+                "chosen": f"I count them. Answer: \\boxed{{{i % 10}}}",
+                "rejected": "I guess. Answer: \\boxed{" + str((i + 3) % 10) + "}" + (" maybe" * (i % 3)),
+                "answer_gt": str(i % 10),
+            }
+        )
+    path = directory / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, images
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    return write_pairs(tmp_path)
