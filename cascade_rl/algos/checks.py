@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import torch
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision tensors become float32 for loss arithmetic (exp of a mean log-ratio needs the bits)."""
-    return x.float() if x.dtype in _LOW_PRECISION else x
+    """At least float32 for loss arithmetic: half precision and integers (e.g. 0/1 rewards) become float32,
+    float64 stays (exp of a mean log-ratio needs the bits)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def as_bool_mask(mask: torch.Tensor, *, name: str = "mask") -> torch.Tensor:

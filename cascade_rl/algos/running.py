@@ -28,12 +28,13 @@ class RunningMean:
     of the k values. Departures: none in value. State lives in a 0-d float64 tensor on the device of the values
     (TRL keeps a Python float and calls `.item()`), so an update never waits for the device; `count` is a Python
     float because it grows by a known amount. Use it from every rank in the same order: the all-reduce is a
-    collective call.
+    collective call. `process_group` narrows the all-reduce to one group (default: every rank).
 
     Example:
         >>> shift = RunningMean()
-        >>> shift.update(torch.tensor(0.1)); shift.update(torch.tensor(0.4))
-        >>> shift.mean  # tensor(0.25, dtype=torch.float64)
+        >>> _ = shift.update(torch.tensor(0.1))
+        >>> shift.update(0.4)
+        tensor(0.2500, dtype=torch.float64)
     """
 
     def __init__(self, *, process_group: Any = None) -> None:

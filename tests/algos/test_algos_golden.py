@@ -195,3 +195,10 @@ def test_half_precision_inputs_compute_in_float32():
     args = (t(x["logps"], torch.bfloat16), t(x["old_logps"], torch.bfloat16))
     loss, metrics = gspo_loss(*args, t(x["advantages"], torch.bfloat16), t(x["mask"], torch.long))
     assert loss.dtype == torch.float32 and metrics["ratio_mean"].dtype == torch.float32
+
+
+def test_integer_rewards_are_accepted():
+    golden = load("advantages")
+    ints = torch.tensor([int(r) for r in golden["rewards"]])  # 0/1 correctness rewards often arrive as ints
+    out = group_advantages(ints, golden["group_size"], scale="none")
+    torch.testing.assert_close(out, t(golden["expected"]["none"], torch.float32))
