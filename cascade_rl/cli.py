@@ -20,16 +20,18 @@ def _init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage(config_name: str, run_name: str):
-    """A subcommand that builds `cascade_rl.stages.offline.<config_name>` and calls `<run_name>` with it."""
+def _stage(module_name: str, config_name: str, run_name: str):
+    """A subcommand that builds `cascade_rl.stages.<module>.<config_name>` and calls `<run_name>` with it."""
 
     def run(args: argparse.Namespace) -> int:
-        from cascade_rl.config import load_config
-        from cascade_rl.stages import offline
+        import importlib
 
+        from cascade_rl.config import load_config
+
+        module = importlib.import_module(f"cascade_rl.stages.{module_name}")
         source, overrides = _split_source(args.config, args.overrides)
-        config = load_config(getattr(offline, config_name), source, overrides)
-        summary = getattr(offline, run_name)(config)
+        config = load_config(getattr(module, config_name), source, overrides)
+        summary = getattr(module, run_name)(config)
         print(json.dumps(summary, indent=2, default=str))
         return 0
 
@@ -43,9 +45,10 @@ def _split_source(config: str | None, overrides: list[str]) -> tuple[str | None,
 
 
 STAGES = {
-    "rollout": ("RolloutStageConfig", "run_rollouts", "sample, score and store rollouts; write the pass-rate ledger"),
-    "pairs": ("PairsStageConfig", "run_pairs", "build MMPR preference pairs from a rollout store"),
-    "filter": ("FilterStageConfig", "run_filter", "keep prompts whose pass rate lies in [low, high]"),
+    "rollout": ("offline", "RolloutStageConfig", "run_rollouts", "sample, score, store rollouts; write the ledger"),
+    "pairs": ("offline", "PairsStageConfig", "run_pairs", "build MMPR preference pairs from a rollout store"),
+    "filter": ("offline", "FilterStageConfig", "run_filter", "keep prompts whose pass rate lies in [low, high]"),
+    "mpo": ("mpo", "MPOConfig", "run_mpo", "train on preference pairs with MPO (DPO + BCO + LM)"),
 }
 
 
@@ -59,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--preset", default="tiny", choices=sorted(TINY_PRESETS))
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_init_tiny)
-    for name, (config_name, run_name, help_text) in STAGES.items():
+    for name, (module_name, config_name, run_name, help_text) in STAGES.items():
         stage = sub.add_parser(name, help=help_text)
         stage.add_argument("config", nargs="?", help="YAML config file")
         stage.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-        stage.set_defaults(func=_stage(config_name, run_name))
+        stage.set_defaults(func=_stage(module_name, config_name, run_name))
     return parser
 
 

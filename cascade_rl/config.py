@@ -83,11 +83,19 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         item = args[0] if args else Any
         converted = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(converted) if origin is tuple else converted
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and not isinstance(value, bool):
+        return _to_float(value, where)
     if hint in (int, str, bool) and not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _to_float(value: Any, where: str) -> float:
+    """YAML 1.1 reads `1e-3` as a string (it wants `1.0e-3`); accept both spellings."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
 
 
 def to_dict(config: Any) -> dict:

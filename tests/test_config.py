@@ -52,3 +52,9 @@ def test_wrong_type_and_refused_combination():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_exponent_notation_is_a_float():
+    assert load_config(Inner, {}, ["temperature=1e-3"]).temperature == 0.001  # YAML 1.1 reads 1e-3 as a string
+    with pytest.raises(ConfigError, match="temperature: expected a number, got 'hot'"):
+        load_config(Inner, {}, ["temperature=hot"])

@@ -124,3 +124,15 @@ def test_lora_checkpoint_is_merged_plain_weights(tiny_checkpoint, pairs_file, tm
         n for (n, a), b in zip(trained.state_dict().items(), start.state_dict().values()) if not torch.equal(a, b)
     }
     assert changed and all("language_model" in n and "proj" in n for n in changed)
+
+
+def test_cli_runs_mpo_from_yaml_with_overrides(tiny_checkpoint, pairs_file, tmp_path, capsys):
+    from cascade_rl.cli import main
+
+    path, images = pairs_file
+    recipe = tmp_path / "mpo.yaml"
+    recipe.write_text(f"model_path: {tiny_checkpoint}\npairs: {path}\nimage_root: {images}\nmax_tiles: 4\n")
+    assert main(["mpo", str(recipe), f"out_dir={tmp_path / 'run'}", "max_steps=1", "lr=1e-3"]) == 0
+    assert '"steps_run": 1' in capsys.readouterr().out
+    assert main(["mpo", str(recipe), "betta=0.2"]) == 2
+    assert "unknown key 'betta'" in capsys.readouterr().err
