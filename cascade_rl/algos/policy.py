@@ -33,7 +33,7 @@ def _prepare(
     check_shape("old_logps", old_logps, logps.shape, "[B, T] like logps")
     mask = as_bool_mask(mask)
     check_shape("mask", mask, logps.shape, "[B, T] like logps")
-    if advantages.dim() == 2 and per_token:
+    if per_token and isinstance(advantages, torch.Tensor) and advantages.dim() == 2:
         check_shape("advantages", advantages, logps.shape, "[B, T] like logps")
     else:
         check_shape("advantages", advantages, logps.shape[:1], "[B] (one per sequence)")
