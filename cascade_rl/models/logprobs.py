@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from cascade_rl.models.vision_cache import embed_with_images
+
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log_softmax(logits / temperature) at `targets`: logits [..., V], targets [...] → [...] (float32)."""
@@ -38,19 +40,23 @@ def shared_prompt_logps(
     completions: list[torch.Tensor],
     *,
     pixel_values: torch.Tensor | None = None,
+    vision_cache: torch.Tensor | None = None,
     temperature: float = 1.0,
     pad_id: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score K completions of one prompt, encoding the prompt once.
 
-    prompt_ids: [P]; completions: K tensors [T_k] (T_k ≥ 1); pixel_values: [N_tiles, 3, H, W] or None.
+    prompt_ids: [P]; completions: K tensors [T_k] (T_k ≥ 1); pixel_values: [N_tiles, 3, H, W] or None;
+    vision_cache: the frozen vision tower's output for those pixels (vision_cache.vision_features), used instead.
     Returns (token_logps [K, T_max], mask [K, T_max] bool): log π(y_k,t | prompt, y_k,<t) / temperature-scaled,
     zero where masked. Right padding needs no attention mask: a real token never attends to a later position.
     """
     device = next(model.parameters()).device
     cache = DynamicCache()
     inputs = {"input_ids": prompt_ids[None].to(device), "past_key_values": cache, "use_cache": True}
-    if pixel_values is not None:
+    if vision_cache is not None:
+        inputs["inputs_embeds"] = embed_with_images(model, inputs.pop("input_ids"), vision_cache.to(device))
+    elif pixel_values is not None:
         inputs["pixel_values"] = pixel_values.to(device, model.dtype)
     first_logits = model(**inputs, logits_to_keep=1).logits[:, -1]  # [1, V]: predicts each completion's token 0
     ids, mask = pad_right(completions, pad_id)

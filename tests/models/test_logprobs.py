@@ -63,3 +63,27 @@ def test_temperature_scales_logits(setup):
             model, prompt.input_ids, completions[0], pixel_values=prompt.pixel_values, temperature=0.5
         )
     torch.testing.assert_close(hot[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_vision_cache_gives_equal_logps_and_grads(setup):
+    from cascade_rl.models.parts import freeze_parts
+    from cascade_rl.models.vision_cache import vision_features
+
+    model, prompt, completions = setup
+    freeze_parts(model, vision=True)
+    cache = vision_features(model, prompt.pixel_values)
+    assert cache.shape[:2] == (3, 16)  # 2 tiles + thumbnail, 16 tokens per tile
+
+    model.zero_grad()
+    plain, _ = shared_prompt_logps(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values)
+    plain.sum().backward()
+    slow = grads(model)
+    model.zero_grad()
+    fast, _ = shared_prompt_logps(model, prompt.input_ids, completions, vision_cache=cache)
+    fast.sum().backward()
+    torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-6)
+    fast_grads = grads(model)
+    assert fast_grads.keys() == slow.keys() and not any("vision_tower" in n for n in slow)
+    assert any("multi_modal_projector" in n for n in slow)  # the projector still trains
+    for name in slow:
+        torch.testing.assert_close(fast_grads[name], slow[name], atol=1e-6, rtol=1e-5, msg=name)
