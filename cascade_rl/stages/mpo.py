@@ -9,7 +9,6 @@ Each pair's vision features and shared prompt are computed once for both complet
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
-from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from cascade_rl.algos import RunningMean, mpo_loss
 from cascade_rl.config import dump_yaml
@@ -29,6 +27,7 @@ from cascade_rl.stages.metrics import MetricsLog
 from cascade_rl.stages.pair_data import checkpoint_fingerprint, file_sha256, load_pairs
 from cascade_rl.stages.reference import cached_reference_logps
 from cascade_rl.stages.train_state import load_train_state, save_train_state
+from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class MPOConfig:
             raise ValueError(f"reference must be 'precomputed' or 'live', got {self.reference!r}")
         if self.on_overlong not in ("drop", "raise"):
             raise ValueError(f"on_overlong must be 'drop' or 'raise', got {self.on_overlong!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
+        if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.lora_rank and self.freeze_llm:
             raise ValueError("lora_rank > 0 trains adapters inside the LLM; it cannot be combined with freeze_llm")
@@ -122,13 +121,6 @@ def micro_batch(order: list[int], step: int, micro: int, config: MPOConfig, rank
     return order[start : start + config.per_device_batch]
 
 
-def make_accelerator(config: MPOConfig) -> Accelerator:
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "no"
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision, log_with=config.log_with or None)
-
-
 def prepare_policy(config: MPOConfig):
     """Load, freeze and (optionally) LoRA-wrap the policy; returns (model, processor, trainable counts)."""
     model, processor = load_policy(config.model_path)
@@ -156,17 +148,10 @@ def reference_logps(config: MPOConfig, model, pairs, pad_id: int, accelerator: A
     return torch.load(cache, weights_only=True)["logps"]
 
 
-def make_schedule(config: MPOConfig, optimizer, total_steps: int):
-    warmup = math.ceil(config.warmup_ratio * total_steps)
-    if config.lr_schedule == "constant":
-        return get_constant_schedule_with_warmup(optimizer, warmup)
-    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
 def run_mpo(config: MPOConfig) -> dict:
     """Train with MPO; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format)."""
     out = Path(config.out_dir)
-    accelerator = make_accelerator(config)
+    accelerator = make_accelerator(config.mixed_precision, config.log_with)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +180,7 @@ def run_mpo(config: MPOConfig) -> dict:
         raise ValueError(f"{len(pairs)} pairs cannot fill one global batch; lower per_device_batch or grad_accum")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_schedule(config, optimizer, total)
+    scheduler = make_schedule(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio, total_steps=total)
     scorer, optimizer = accelerator.prepare(PairScorer(model, pad_id), optimizer)
     running = RunningMean()
     start = 0
