@@ -49,6 +49,7 @@ STAGES = {
     "pairs": ("offline", "PairsStageConfig", "run_pairs", "build MMPR preference pairs from a rollout store"),
     "filter": ("offline", "FilterStageConfig", "run_filter", "keep prompts whose pass rate lies in [low, high]"),
     "mpo": ("mpo", "MPOConfig", "run_mpo", "train on preference pairs with MPO (DPO + BCO + LM)"),
+    "gspo": ("gspo", "GSPOConfig", "run_gspo", "online RL with GSPO: rollouts, rewards, group advantages"),
 }
 
 

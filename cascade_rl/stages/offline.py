@@ -22,7 +22,7 @@ from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.data_tools.pairs import build_pairs, write_pairs
 from cascade_rl.data_tools.records import RolloutRecord
 from cascade_rl.data_tools.store import RolloutStore
-from cascade_rl.rewards import RewardRunner
+from cascade_rl.rewards import RewardResult, RewardRunner
 from cascade_rl.rewards.parsing import extract_final_answer
 from cascade_rl.rollout import Rollout, SamplingParams
 
@@ -112,7 +112,7 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
             chunk = todo[start : start + config.prompts_per_batch]
             requests = [row_to_request(row, config.image_root, system_prompt=config.system_prompt) for row in chunk]
             rollouts = engine.generate(requests, n=config.sampling.n, sampling=sampling)
-            records = score_rollouts(runner, rollouts, config, {row.id: row for row in chunk})
+            records, _ = score_rollouts(runner, rollouts, config, {row.id: row for row in chunk})
             store.append(records)
             stats["rollouts"] += len(records)
             stats["tokens"] += sum(r.num_tokens for r in records)
@@ -132,9 +132,10 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     return summary
 
 
-def score_rollouts(runner: RewardRunner, rollouts: list[Rollout], config: RolloutStageConfig, rows: dict) -> list:
-    """RolloutRecords: rewards from the runner; correct when `correct_reward` ≥ threshold; parseable when a final
-    answer (last `\\boxed{}` or `Answer:` line) can be read off the text."""
+def score_rollouts(runner: RewardRunner, rollouts: list[Rollout], config, rows: dict) -> tuple[list, RewardResult]:
+    """(RolloutRecords, the runner's RewardResult). A record is correct when reward `config.correct_reward` ≥
+    `config.correct_threshold`; parseable when a final answer (last `\\boxed{}` or `Answer:` line) can be read
+    off the text. `rows` maps prompt id → PromptRow."""
     columns = {}
     for rollout in rollouts:
         for key, value in rollout.meta.items():
@@ -165,7 +166,7 @@ def score_rollouts(runner: RewardRunner, rollouts: list[Rollout], config: Rollou
                 meta={k: v for k, v in rollout.meta.items() if k not in ("question", "images", "answer")},
             )
         )
-    return records
+    return records, result
 
 
 @dataclass(frozen=True)

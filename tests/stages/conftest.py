@@ -31,3 +31,14 @@ def write_pairs(directory, n: int = 6, *, chosen_len_equal: bool = True) -> tupl
 @pytest.fixture
 def pairs_file(tmp_path):
     return write_pairs(tmp_path)
+
+
+def write_prompts(directory, n=4):
+    """n prompts q0..q{n-1} over rendered 64×64 images; the answer of q_i is i."""
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        shapes_image(64, 64, seed=i).save(directory / "images" / f"{i}.png")
+        rows.append({"id": f"q{i}", "image": f"{i}.png", "question": "How many squares?", "answer": str(i)})
+    (directory / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory / "prompts.jsonl"

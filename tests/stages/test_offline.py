@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from synthetic import shapes_image
+from stages.conftest import write_prompts
 
 from cascade_rl.data import DataError
 from cascade_rl.data_tools.ledger import PassRateLedger
@@ -18,16 +18,6 @@ from cascade_rl.stages.offline import (
     run_pairs,
     run_rollouts,
 )
-
-
-def write_prompts(directory, n=4):
-    (directory / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        shapes_image(64, 64, seed=i).save(directory / "images" / f"{i}.png")
-        rows.append({"id": f"q{i}", "image": f"{i}.png", "question": "How many squares?", "answer": str(i)})
-    (directory / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return directory / "prompts.jsonl"
 
 
 class ScriptedEngine:

@@ -1,0 +1,342 @@
+"""GSPO stage (online RL, SPEC §3): prompts → G rollouts each → rewards → group advantages → GSPO updates.
+
+One step: take `prompts_per_step` prompts at the cursor, sample G rollouts per prompt with the engine, score them
+with the RewardRunner, compute group-normalised advantages, compute old log-probs once with the trainer, then run
+`ppo_epochs` passes over mini-batches of `mini_batch_prompts` prompts, one optimizer step per mini-batch; finally
+push the weights to the engine. No reference model and no KL by default (InternVL3.5); the vision tower is frozen
+and run once per prompt. Departures from the released recipe are listed in docs/losses.md and the config below.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cascade_rl.algos import check_policy_loss_settings, get_advantage_estimator, get_policy_loss
+from cascade_rl.config import dump_yaml
+from cascade_rl.data import read_prompts, row_to_request
+from cascade_rl.data_tools.ledger import PassRateLedger
+from cascade_rl.models import load_policy, save_policy, tokenizer_of
+from cascade_rl.models.parts import freeze_parts
+from cascade_rl.rewards import RewardRunner
+from cascade_rl.rollout import SamplingParams
+from cascade_rl.stages.groups import Group, compute_old_logps, make_group
+from cascade_rl.stages.metrics import MetricsLog
+from cascade_rl.stages.offline import RewardSpec
+from cascade_rl.stages.train_state import load_train_state, save_train_state
+from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule
+
+
+@dataclass(frozen=True)
+class GSPOConfig:
+    """Defaults follow InternVL3.5's released online recipe where it is known (SPEC §3): lr 1e-6 constant, AdamW
+    weight decay 0.01, grad clip 1.0, 16 rollouts per prompt, temperature 1.0, vision frozen, no KL; sizes are
+    scaled down (released: 512 prompts per step, mini-batches of 32). Clip: the GSPO paper's 3e-4 / 4e-4 (the
+    released scripts ran verl's default 0.2 / 0.2)."""
+
+    model_path: str = ""
+    prompts: str = ""
+    image_root: str | None = None
+    out_dir: str = "runs/gspo"
+    engine: str = "hf"
+    rollout_n: int = 16
+    prompts_per_step: int = 8
+    mini_batch_prompts: int = 4
+    ppo_epochs: int = 1
+    max_steps: int = 0
+    epochs: int = 1
+    lr: float = 1e-6
+    lr_schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    policy_loss: str = "gspo"
+    aggregation: str = "seq-mean-token-mean"
+    clip_low: float = 3e-4
+    clip_high: float = 4e-4
+    advantage: str = "grpo"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 1024
+    max_tiles: int = 12
+    engine_batch_size: int = 16
+    freeze_vision: bool = True
+    kl_coef: float = 0.0
+    is_correction: str = "none"
+    is_cap: float = 2.0
+    drop_zero_variance: bool = False
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
+    correct_reward: str = "math"
+    correct_threshold: float = 1.0
+    reward_timeout_s: float = 5.0
+    system_prompt: str | None = None
+    mixed_precision: str = "auto"
+    save_steps: int = 1
+    seed: int = 0
+    log_with: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.model_path or not self.prompts:
+            raise ValueError("model_path and prompts are required")
+        check_policy_loss_settings(
+            self.policy_loss, aggregation=self.aggregation, clip_low=self.clip_low, clip_high=self.clip_high
+        )
+        get_advantage_estimator(self.advantage)
+        if self.rollout_n < 2:
+            raise ValueError("rollout_n must be at least 2: group advantages need several rollouts per prompt")
+        if self.mini_batch_prompts > self.prompts_per_step:
+            raise ValueError("mini_batch_prompts cannot exceed prompts_per_step")
+        if self.engine not in ("hf", "vllm"):
+            raise ValueError(f"engine must be 'hf' or 'vllm', got {self.engine!r}")
+        if self.is_correction not in ("none", "sequence"):
+            raise ValueError(f"is_correction must be 'none' or 'sequence', got {self.is_correction!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if self.correct_reward not in [r.name for r in self.rewards]:
+            raise ValueError(f"correct_reward {self.correct_reward!r} is not among rewards {self.rewards}")
+
+
+class GSPOTrainer:
+    """Holds the policy, optimizer, engine and reward runner of one run; `step(k)` runs training step k."""
+
+    def __init__(self, config: GSPOConfig, engine=None):
+        self.config = config
+        self.out = Path(config.out_dir)
+        self.accelerator = make_accelerator(config.mixed_precision, config.log_with)
+        torch.manual_seed(config.seed)
+        self.model, self.processor = load_policy(config.model_path)
+        freeze_parts(self.model, vision=config.freeze_vision)
+        self.model.train()
+        self.pad_id = tokenizer_of(self.processor).pad_token_id or 0
+        self.rows, _ = read_prompts(config.prompts, config.image_root, on_error="raise")
+        self.order = self._prompt_order()
+        per_step = config.prompts_per_step * config.ppo_epochs // config.mini_batch_prompts
+        self.total = len(self.order) // config.prompts_per_step
+        self.total = min(self.total, config.max_steps) if config.max_steps else self.total
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = make_schedule(
+            config.lr_schedule, self.optimizer, warmup_ratio=config.warmup_ratio, total_steps=self.total * per_step
+        )
+        self.engine = engine or self._make_engine()
+        self.runner = RewardRunner(
+            [r.name for r in config.rewards],
+            weights=[r.weight for r in config.rewards],
+            timeout_s=config.reward_timeout_s,
+        )
+        self.policy_loss = get_policy_loss(config.policy_loss)
+        self.advantage = get_advantage_estimator(config.advantage)
+        self.reference = load_policy(config.model_path)[0].eval() if config.kl_coef > 0 else None
+        self.ledger = PassRateLedger()
+
+    def _prompt_order(self) -> list[int]:
+        order = []
+        for epoch in range(self.config.epochs):
+            shuffled = list(range(len(self.rows)))
+            random.Random(self.config.seed + epoch).shuffle(shuffled)
+            order += shuffled
+        return order
+
+    def _make_engine(self):
+        if self.config.engine == "vllm":
+            from cascade_rl.rollout.vllm import VLLMEngine
+
+            return VLLMEngine(self.config.model_path, self.processor, max_tiles=self.config.max_tiles)
+        from cascade_rl.rollout import HFEngine
+
+        return HFEngine(
+            self.model, self.processor, max_tiles=self.config.max_tiles, batch_size=self.config.engine_batch_size
+        )
+
+    def sampling(self, step: int) -> SamplingParams:
+        c = self.config
+        return SamplingParams(c.temperature, c.top_p, c.top_k, c.max_new_tokens, seed=c.seed * 1_000_003 + step)
+
+    def collect(self, step: int, cursor: int) -> tuple[list[Group], dict, int]:
+        """Rollouts for `prompts_per_step` prompts from `cursor` (refilling dropped zero-variance groups from the
+        following prompts when `drop_zero_variance`, at most 3 rounds); returns (groups, metrics, new cursor)."""
+        c, groups, stats = self.config, [], {"zero_variance_groups": 0, "rollout_tokens": 0, "rollout_s": 0.0}
+        results, records_all = [], []
+        for _ in range(3 if c.drop_zero_variance else 1):
+            need = c.prompts_per_step - len(groups)
+            rows = [self.rows[i] for i in self.order[cursor : cursor + need]]
+            if not rows:
+                break
+            cursor += len(rows)
+            new_groups, records, result, seconds = self._sample_groups(rows, step)
+            stats["rollout_s"] += seconds
+            results.append(result)
+            records_all += records
+            stats["zero_variance_groups"] += sum(g.zero_variance for g in new_groups)
+            groups += [g for g in new_groups if not (c.drop_zero_variance and g.zero_variance)]
+            if len(groups) >= c.prompts_per_step:
+                break
+        self.ledger.update_from_records(records_all)
+        stats.update(_rollout_metrics(records_all, results))
+        stats["rollout_tokens_per_s"] = stats["rollout_tokens"] = sum(r.num_tokens for r in records_all)
+        stats["rollout_tokens_per_s"] /= max(stats["rollout_s"], 1e-9)
+        return groups, stats, cursor
+
+    def _sample_groups(self, rows, step: int):
+        from cascade_rl.stages.offline import score_rollouts
+
+        c = self.config
+        requests = [row_to_request(row, c.image_root, system_prompt=c.system_prompt) for row in rows]
+        started = time.time()
+        rollouts = self.engine.generate(requests, n=c.rollout_n, sampling=self.sampling(step))
+        seconds = time.time() - started
+        records, result = score_rollouts(self.runner, rollouts, c, {row.id: row for row in rows})
+        groups = []
+        for i, request in enumerate(requests):
+            part = slice(i * c.rollout_n, (i + 1) * c.rollout_n)
+            rewards = [r.reward for r in records[part]]
+            groups.append(
+                make_group(
+                    self.model,
+                    self.processor,
+                    request,
+                    rollouts[part],
+                    rewards,
+                    max_tiles=c.max_tiles,
+                    frozen_vision=c.freeze_vision,
+                )
+            )
+        rewards = torch.cat([g.rewards for g in groups])
+        advantages = self.advantage(rewards, c.rollout_n).reshape(len(groups), c.rollout_n)
+        for group, adv in zip(groups, advantages):
+            group.advantages = adv
+        return groups, records, result, seconds
+
+    def update(self, groups: list[Group], step: int) -> dict:
+        """`ppo_epochs` passes of mini-batch updates; each mini-batch's loss is the mean over its sequences."""
+        c, sums, count, tokens, started = self.config, {}, 0, 0, time.time()
+        for epoch in range(c.ppo_epochs):
+            order = list(range(len(groups)))
+            random.Random(f"{c.seed}:{step}:{epoch}").shuffle(order)
+            for start in range(0, len(order), c.mini_batch_prompts):
+                batch = [groups[i] for i in order[start : start + c.mini_batch_prompts]]
+                metrics = self._mini_batch(batch)
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += 1
+                tokens += sum(int(g.mask.sum()) for g in batch)
+        out = {key: value / max(count, 1) for key, value in sums.items()}
+        out["update_tokens_per_s"] = tokens / max(time.time() - started, 1e-9)
+        return out
+
+    def _mini_batch(self, batch: list[Group]) -> dict:
+        c = self.config
+        n_seq = sum(g.size for g in batch)
+        sums = {}
+        for group in batch:
+            logps, mask = group.logps(self.model, temperature=c.temperature, pad_id=self.pad_id)
+            advantages = group.advantages * self._is_weights(group)
+            loss, metrics = self.policy_loss(
+                logps,
+                group.old_logps,
+                advantages.to(logps.device),
+                mask,
+                clip_low=c.clip_low,
+                clip_high=c.clip_high,
+                aggregation=c.aggregation,
+            )
+            if self.reference is not None:
+                kl = self._kl(group, logps, mask)
+                loss = loss + c.kl_coef * kl
+                metrics = {**metrics, "kl": kl.detach()}
+            (loss * group.size / n_seq).backward()
+            for key, value in {"loss": loss.detach(), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value.float().mean()) * group.size / n_seq
+        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums["lr"] = self.scheduler.get_last_lr()[0]
+        return sums
+
+    def _is_weights(self, group: Group) -> torch.Tensor:
+        """Sequence-level truncated importance weights min(exp(mean_t(old_trainer − engine)), cap), or ones."""
+        if self.config.is_correction == "none":
+            return torch.ones(group.size)
+        gaps = [(group.old_logps[k, : len(e)].cpu() - e).mean() for k, e in enumerate(group.engine_logps)]
+        return torch.exp(torch.stack(gaps)).clamp(max=self.config.is_cap)
+
+    def _kl(self, group: Group, logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """k3 estimator of KL(π_θ ‖ π_ref): mean over sequences of the token mean of exp(d) − d − 1, d = ref − θ."""
+        with torch.no_grad():
+            ref, _ = group.logps(self.reference, temperature=self.config.temperature, pad_id=self.pad_id)
+        d = (ref - logps) * mask
+        per_token = (torch.exp(d) - d - 1) * mask
+        return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+    def run(self) -> dict:
+        """Train from the saved state (if any) to `total` steps; writes metrics, ledger, state and `final/`."""
+        c, acc = self.config, self.accelerator
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(c, self.out / "gspo_config.yaml")
+        start, cursor = self._resume()
+        log = MetricsLog(self.out / "metrics.jsonl", acc)
+        if c.log_with:
+            acc.init_trackers("cascade_rl_gspo", config={"lr": c.lr, "rollout_n": c.rollout_n})
+        for step in tqdm(range(start, self.total), desc="gspo", unit="step"):
+            groups, metrics, cursor = self.collect(step, cursor)
+            if not groups:
+                break
+            metrics.update(compute_old_logps(self.model, groups, temperature=c.temperature, pad_id=self.pad_id))
+            metrics.update(self.update(groups, step))
+            self.engine.update_weights(self.model)
+            log.log(step + 1, metrics)
+            self.ledger.save(self.out / "ledger.json")
+            if c.save_steps and (step + 1) % c.save_steps == 0:
+                save_train_state(
+                    self.out / "state",
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    step=step + 1,
+                    extra={"cursor": cursor},
+                )
+        self.runner.close()
+        save_policy(self.model, self.processor, self.out / "final")
+        summary = {"steps": self.total, "final": str(self.out / "final"), "ledger_prompts": len(self.ledger)}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        acc.end_training()
+        return summary
+
+    def _resume(self) -> tuple[int, int]:
+        state = load_train_state(
+            self.out / "state", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+        if state is None:
+            return 0, 0
+        step, extra = state
+        if (self.out / "ledger.json").exists():
+            self.ledger = PassRateLedger.load(self.out / "ledger.json")
+        self.engine.update_weights(self.model)
+        return step, extra["cursor"]
+
+
+def _rollout_metrics(records, results) -> dict:
+    """Reward mean/std per reward and in total, pass rate, completion length, truncation, timeouts and errors."""
+    out = {}
+    totals = torch.tensor([r.reward for r in records], dtype=torch.float32)
+    out["reward_mean"], out["reward_std"] = float(totals.mean()), float(totals.std()) if len(totals) > 1 else 0.0
+    out["pass_rate"] = sum(r.correct for r in records) / max(len(records), 1)
+    out["completion_length"] = sum(r.num_tokens for r in records) / max(len(records), 1)
+    out["truncation_rate"] = sum(r.finish_reason == "length" for r in records) / max(len(records), 1)
+    for result in results:
+        for key, value in result.metrics().items():
+            out[key] = out.get(key, 0.0) + value / len(results)
+    return out
+
+
+def run_gspo(config: GSPOConfig, engine=None) -> dict:
+    """`cascade-rl gspo CONFIG [key=value ...]`: run the online stage; resumes from `out_dir/state`."""
+    return GSPOTrainer(config, engine).run()
