@@ -20,6 +20,25 @@ def _init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from cascade_rl.models import load_policy
+    from cascade_rl.rollout.server import RolloutServer
+
+    model, processor = load_policy(args.model)
+    if args.engine == "vllm":
+        from cascade_rl.rollout.vllm import VLLMEngine
+
+        engine = VLLMEngine(args.model, processor, max_tiles=args.max_tiles)
+    else:
+        from cascade_rl.rollout import HFEngine
+
+        engine = HFEngine(model.eval(), processor, max_tiles=args.max_tiles, batch_size=args.batch_size)
+    server = RolloutServer(engine, model, host=args.host, port=args.port, model_path=args.model)
+    print(f"serving {args.model} ({args.engine}) on {server.url}", flush=True)
+    server.serve_forever()
+    return 0
+
+
 def _stage(module_name: str, config_name: str, run_name: str):
     """A subcommand that builds `cascade_rl.stages.<module>.<config_name>` and calls `<run_name>` with it."""
 
@@ -63,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--preset", default="tiny", choices=sorted(TINY_PRESETS))
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_init_tiny)
+    serve = sub.add_parser("serve", help="serve rollouts from dedicated devices over HTTP (127.0.0.1 by default)")
+    serve.add_argument("--model", required=True, help="Hugging Face format checkpoint directory")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 exposes it to the network")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    serve.add_argument("--max-tiles", type=int, default=12)
+    serve.add_argument("--batch-size", type=int, default=16, help="sequences per generate batch (hf engine)")
+    serve.set_defaults(func=_serve)
     for name, (module_name, config_name, run_name, help_text) in STAGES.items():
         stage = sub.add_parser(name, help=help_text)
         stage.add_argument("config", nargs="?", help="YAML config file")

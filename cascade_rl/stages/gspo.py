@@ -45,6 +45,9 @@ class GSPOConfig:
     image_root: str | None = None
     out_dir: str = "runs/gspo"
     engine: str = "hf"
+    server_url: str = "http://127.0.0.1:8000"
+    server_timeout_s: float = 600.0
+    server_retries: int = 3
     rollout_n: int = 16
     prompts_per_step: int = 8
     mini_batch_prompts: int = 4
@@ -93,8 +96,8 @@ class GSPOConfig:
             raise ValueError("rollout_n must be at least 2: group advantages need several rollouts per prompt")
         if self.mini_batch_prompts > self.prompts_per_step:
             raise ValueError("mini_batch_prompts cannot exceed prompts_per_step")
-        if self.engine not in ("hf", "vllm"):
-            raise ValueError(f"engine must be 'hf' or 'vllm', got {self.engine!r}")
+        if self.engine not in ("hf", "vllm", "server"):
+            raise ValueError(f"engine must be 'hf', 'vllm' or 'server', got {self.engine!r}")
         if self.is_correction not in ("none", "sequence"):
             raise ValueError(f"is_correction must be 'none' or 'sequence', got {self.is_correction!r}")
         if self.lr_schedule not in SCHEDULES:
@@ -145,6 +148,13 @@ class GSPOTrainer:
         return order
 
     def _make_engine(self):
+        if self.config.engine == "server":
+            from cascade_rl.rollout.client import ServerEngine
+
+            c = self.config
+            engine = ServerEngine(c.server_url, timeout_s=c.server_timeout_s, retries=c.server_retries)
+            engine.wait_until_ready()
+            return engine
         if self.config.engine == "vllm":
             from cascade_rl.rollout.vllm import VLLMEngine
 
@@ -190,6 +200,8 @@ class GSPOTrainer:
         c = self.config
         requests = [row_to_request(row, c.image_root, system_prompt=c.system_prompt) for row in rows]
         started = time.time()
+        if hasattr(self.engine, "step"):
+            self.engine.step = step  # so a dead server's error names the step
         rollouts = self.engine.generate(requests, n=c.rollout_n, sampling=self.sampling(step))
         seconds = time.time() - started
         records, result = score_rollouts(self.runner, rollouts, c, {row.id: row for row in rows})

@@ -117,3 +117,20 @@ def test_gspo_refuses_token_sum_with_the_reason(tmp_path):
         load_config(GSPOConfig, {"model_path": "m", "prompts": "p", "aggregation": "token-sum"})
     with pytest.raises(ConfigError, match="rollout_n must be at least 2"):
         load_config(GSPOConfig, {"model_path": "m", "prompts": "p", "rollout_n": 1})
+
+
+def test_dedicated_server_mode_pushes_weights_every_step(tiny_checkpoint, tmp_path):
+    from cascade_rl.rollout import HFEngine
+    from cascade_rl.rollout.server import RolloutServer
+
+    served_model, processor = load_policy(tiny_checkpoint)
+    server = RolloutServer(HFEngine(served_model.eval(), processor, max_tiles=4), served_model, port=0)
+    server.start_in_thread()
+    try:
+        summary = run_gspo(config(tiny_checkpoint, tmp_path, max_steps=2, engine="server", server_url=server.url))
+    finally:
+        server.shutdown()
+    assert server.weights_version == 2
+    trained = load_policy(summary["final"])[0].state_dict()
+    for name, value in served_model.state_dict().items():
+        assert torch.equal(value, trained[name]), name

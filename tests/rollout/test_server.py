@@ -1,0 +1,115 @@
+"""The dedicated-server path on CPU: HTTP rollout server + client, weight pushes, timeouts, retries, clear errors."""
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from synthetic import shapes_image
+
+from cascade_rl.models import build_tiny_internvl
+from cascade_rl.rollout import HFEngine, RolloutRequest, SamplingParams
+from cascade_rl.rollout.client import EngineUnavailable, ServerEngine
+from cascade_rl.rollout.server import RolloutServer
+
+SAMPLING = SamplingParams(temperature=1.0, max_new_tokens=5, seed=4)
+
+
+def requests():
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+    return [RolloutRequest("a", messages, [shapes_image(128, 64)], {"answer": "3"})]
+
+
+@pytest.fixture
+def served():
+    model, processor = build_tiny_internvl("tiny", seed=0)
+    server = RolloutServer(HFEngine(model, processor, max_tiles=4), model, port=0, model_path="tiny")
+    server.start_in_thread()
+    yield server, processor
+    server.shutdown()
+
+
+def test_generate_over_http_equals_the_local_engine(served):
+    server, processor = served
+    remote = ServerEngine(server.url).generate(requests(), n=3, sampling=SAMPLING)
+    local_model, _ = build_tiny_internvl("tiny", seed=0)
+    local = HFEngine(local_model, processor, max_tiles=4).generate(requests(), n=3, sampling=SAMPLING)
+    assert [r.token_ids for r in remote] == [r.token_ids for r in local]
+    assert [r.meta for r in remote] == [{"answer": "3"}] * 3
+    torch.testing.assert_close(torch.tensor(remote[0].logprobs), torch.tensor(local[0].logprobs))
+
+
+def test_weight_push_reaches_the_server(served):
+    server, _ = served
+    trainer_model, _ = build_tiny_internvl("tiny", seed=1)  # different weights, same architecture
+    trainer_model.model.vision_tower.requires_grad_(False)  # frozen parts are not sent
+    before = {n: p.detach().clone() for n, p in server.model.named_parameters()}
+    client = ServerEngine(server.url)
+    client.update_weights(trainer_model)
+    assert client.health()["weights_version"] == 1
+    served_params = dict(server.model.named_parameters())
+    for name, param in trainer_model.named_parameters():
+        expected = param if param.requires_grad else before[name]
+        assert torch.equal(served_params[name], expected), name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_dead_server_is_named_with_the_step():
+    client = ServerEngine(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, retries=2, backoff_s=0.01)
+    client.step = 12
+    with pytest.raises(
+        EngineUnavailable, match=r"rollout server http://127\.0\.0\.1:\d+/generate at training step 12"
+    ):
+        client.generate(requests(), n=1, sampling=SAMPLING)
+
+
+def test_a_hanging_server_times_out():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections, never answers
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    client = ServerEngine(url, timeout_s=0.3, retries=2, backoff_s=0.01)
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable, match="no answer after 2 tries"):
+        client.health()
+    assert time.monotonic() - started < 5
+    listener.close()
+
+
+def test_transient_unavailability_is_retried_with_backoff():
+    answers = [503, 503, 200]
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_GET(self):
+            code = answers.pop(0)
+            body = b'{"status": "ok", "model": "m", "weights_version": 0}' if code == 200 else b'{"error": "busy"}'
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        client = ServerEngine(f"http://127.0.0.1:{httpd.server_address[1]}", retries=3, backoff_s=0.01)
+        assert client.health()["status"] == "ok" and answers == []
+    finally:
+        httpd.shutdown()
+
+
+def test_a_server_side_error_is_reported_not_retried(served):
+    server, _ = served
+    client = ServerEngine(server.url, retries=3, backoff_s=0.01)
+    bad = [RolloutRequest("x", [{"role": "user", "content": [{"type": "image"}]}], [])]  # image part, no image
+    with pytest.raises(EngineUnavailable, match="server error 500: ValueError: the conversation has more image"):
+        client.generate(bad, n=1, sampling=SAMPLING)
