@@ -2,8 +2,13 @@
 
 Prompts are rendered with the checkpoint's own chat template (an image part becomes `<IMG_CONTEXT>`, which vLLM's
 InternVL processor expands); n samples per prompt come from one request with `n=`; `logprobs=0` returns the
-log-prob of each sampled token. Not yet verified on a GPU: see the README's support table.
+log-prob of each sampled token. Colocated with training: with `sleep=True` the engine sleeps (weights offloaded,
+KV cache freed) between calls so the trainer gets the GPU memory back, and `update_weights` loads the trainer's
+weights in-process (vLLM's engine core runs in this process: VLLM_ENABLE_V1_MULTIPROCESSING=0).
+Not yet verified on a GPU: see the README's support table.
 """
+
+import os
 
 from __future__ import annotations
 
@@ -14,18 +19,22 @@ from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
 class VLLMEngine:
     """Colocated vLLM engine over a Hugging Face format checkpoint directory."""
 
-    def __init__(self, model_path: str, processor, *, max_tiles: int = 12, **llm_kwargs):
+    def __init__(self, model_path: str, processor, *, max_tiles: int = 12, sleep: bool = False, **llm_kwargs):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # weights must be reachable in-process
         from vllm import LLM  # imported here: vLLM is an optional extra
 
         self.processor = processor
         self.max_tiles = max_tiles
+        self.sleep_between_calls, self.asleep = sleep, False
         llm_kwargs.setdefault("mm_processor_kwargs", {"max_patches": max_tiles, "crop_to_patches": True})
-        self.llm = LLM(model=str(model_path), **llm_kwargs)
+        self.llm = LLM(model=str(model_path), enable_sleep_mode=sleep, **llm_kwargs)
 
     def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
         """len(requests) × n rollouts, request by request, sample index 0..n-1 within each request."""
         prompts = [self._prompt(r) for r in requests]
+        self._wake()
         outputs = self.llm.generate(prompts, self._sampling(n, sampling), use_tqdm=False)
+        self._sleep()
         eos = tokenizer_of(self.processor).eos_token_id
         rollouts = []
         for request, output in zip(requests, outputs):
@@ -57,8 +66,22 @@ class VLLMEngine:
         )
 
     def update_weights(self, model) -> None:
-        """Weight sync into a colocated vLLM belongs to the online stage; the offline stage samples one checkpoint."""
-        raise NotImplementedError("VLLMEngine.update_weights: reload the engine from the saved checkpoint instead")
+        """Load the trainer's weights (Hugging Face names; vLLM maps them) into the in-process engine."""
+        self._wake()
+        worker_model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        worker_model.load_weights(weights=((n, p.detach()) for n, p in model.state_dict().items()))
+        self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
+        self._sleep()
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def _sleep(self) -> None:
+        if self.sleep_between_calls and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
 
     def close(self) -> None:
         del self.llm

@@ -158,7 +158,7 @@ class GSPOTrainer:
         if self.config.engine == "vllm":
             from cascade_rl.rollout.vllm import VLLMEngine
 
-            return VLLMEngine(self.config.model_path, self.processor, max_tiles=self.config.max_tiles)
+            return VLLMEngine(self.config.model_path, self.processor, max_tiles=self.config.max_tiles, sleep=True)
         from cascade_rl.rollout import HFEngine
 
         return HFEngine(
