@@ -8,9 +8,9 @@ weights in-process (vLLM's engine core runs in this process: VLLM_ENABLE_V1_MULT
 Not yet verified on a GPU: see the README's support table.
 """
 
-import os
-
 from __future__ import annotations
+
+import os
 
 from cascade_rl.models import tokenizer_of
 from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
