@@ -1,0 +1,88 @@
+"""Fixtures for the reward tests: a throw-away module of user rewards, and a fake installed plugin.
+
+Both live in a temporary directory put on ``sys.path``, as a user's package would be; worker processes inherit
+``sys.path`` when they start, so they can import the same module.
+"""
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+USER_REWARDS = '''
+"""User rewards for the tests, as a researcher would write them."""
+import os
+import time
+
+
+def length_reward(completions, **columns):
+    return [float(len(c)) for c in completions]
+
+
+def match_target(completions, target, **columns):
+    return [1.0 if c == t else 0.0 for c, t in zip(completions, target)]
+
+
+def raising_reward(completions, **columns):
+    if any("boom" in c for c in completions):
+        raise ValueError("boom in the completion")
+    return [1.0] * len(completions)
+
+
+def sleeping_reward(completions, **columns):
+    if any("sleep" in c for c in completions):
+        while True:  # sleeps forever
+            time.sleep(60)
+    return [1.0] * len(completions)
+
+
+def crashing_reward(completions, **columns):
+    if any("crash" in c for c in completions):
+        os._exit(3)  # the worker process dies without a word
+    return [1.0] * len(completions)
+
+
+def wrong_length_reward(completions, **columns):
+    return [1.0] * (len(completions) + 1)
+
+
+def nan_reward(completions, **columns):
+    return [float("nan") if "nan" in c else 1.0 for c in completions]
+
+
+def none_for_short(completions, **columns):
+    return [None if len(c) < 3 else 1.0 for c in completions]
+
+
+def pid_reward(completions, **columns):
+    return [float(os.getpid())] * len(completions)
+'''
+
+PLUGIN_METADATA = "Metadata-Version: 2.1\nName: cascade-rl-test-plugin\nVersion: 1.0\n"
+
+
+@pytest.fixture(scope="session")
+def user_rewards(tmp_path_factory):
+    """The module above, importable as ``cascade_rl_test_user_rewards``."""
+    root = tmp_path_factory.mktemp("user_rewards")
+    (root / "cascade_rl_test_user_rewards.py").write_text(textwrap.dedent(USER_REWARDS))
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    module = importlib.import_module("cascade_rl_test_user_rewards")
+    yield module
+    sys.path.remove(str(root))
+    sys.modules.pop("cascade_rl_test_user_rewards", None)
+
+
+@pytest.fixture()
+def installed_plugin(user_rewards, tmp_path, monkeypatch):
+    """A fake installed distribution declaring ``text_length`` in the ``cascade_rl.rewards`` entry-point group."""
+    dist_info = tmp_path / "cascade_rl_test_plugin-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(PLUGIN_METADATA)
+    (dist_info / "entry_points.txt").write_text(
+        "[cascade_rl.rewards]\ntext_length = cascade_rl_test_user_rewards:length_reward\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "text_length"
