@@ -180,7 +180,8 @@ def main() -> None:
     clean = [i for i in range(len(completions)) if not hostile[i]]
     bad = [i for i in range(len(completions)) if hostile[i]]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{len(completions)} completions ({len(bad)} hostile), {cores} cores, batches of {BATCH}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{len(completions)} completions ({len(bad)} hostile), {cores} cores (load {load:.1f}), batches of {BATCH}")
 
     start = time.perf_counter()
     with RewardRunner(["math"], timeout_s=TIMEOUT_S) as runner:
@@ -192,8 +193,8 @@ def main() -> None:
 
     n = len(clean)
     agree = sum(a == b for a, b in zip(c["ours"], c["trl"]))
-    towers = sum(1 for i in bad if "^{" in completions[i])
-    bound = TIMEOUT_S * math.ceil(towers / max(1, workers))
+    stuck = h["timeouts"]  # the hostile samples that really hung (the other hostile ones are refused at once)
+    bound = TIMEOUT_S * math.ceil(stuck / max(1, workers))
     print(f"pool cold start (forkserver + {workers} workers, math-verify preloaded): {cold:.2f} s")
     print(
         f"clean part ({n}): ours {c['ours_s']:.2f} s = {n / c['ours_s']:.0f}/s, timeouts {c['timeouts']}, "
@@ -210,7 +211,7 @@ def main() -> None:
         print(f"  differs: gold {golds[clean[i]]}, last line {last_line!r}: ours {a}, TRL {b}")
     print(
         f"hostile part ({len(bad)}): ours {h['ours_s']:.2f} s (timeouts {h['timeouts']}, errors {h['errors']}; "
-        f"bound: timeout x ceil({towers} stuck / {workers} workers) = {bound:.0f} s); TRL {h['trl_s']:.2f} s"
+        f"bound: timeout x ceil({stuck} stuck / {workers} workers) = {bound:.0f} s); TRL {h['trl_s']:.2f} s"
     )
     print(
         json.dumps(
@@ -225,6 +226,7 @@ def main() -> None:
                 "trl_hostile_s": round(h["trl_s"], 2),
                 "hostile_bound_s": bound,
                 "cold_start_s": round(cold, 2),
+                "load_at_start": round(load, 2),
             }
         )
     )

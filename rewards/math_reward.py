@@ -56,6 +56,7 @@ _CHOICE_BARE = re.compile(r"(?:(?i:option|choice)\s+)?([A-J])(?=$|[\s.:,)\]])")
 _WORDS = re.compile(r"[A-Za-z][A-Za-z '\-]*[A-Za-z]")
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _PLAIN_FRACTION = re.compile(r"(-?)(?:\\[dt]?frac\{(\d+)\}\{(\d+)\}|\\[dt]?frac(\d)(\d)|(\d+)/(\d+))")
+_DEGREES = re.compile(r"\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°)$")
 _MICRO = Fraction(1, 10**6)
 # "18 dollars", "$1,200 per month": a number followed by words only.
 _NUMBER_THEN_WORDS = re.compile(r"(\\?\$?\s*-?[\d,]*\.?\d+)\s+[A-Za-z][A-Za-z .]*")
@@ -154,7 +155,11 @@ def _verify(gold_answer: str, prediction: str) -> float:
 
 
 def _literal(answer: str) -> Fraction | None:
-    """The exact value of a plain number (``-1,234.5``, ``3/4``, ``\\frac{3}{4}``, ``\\dfrac34``), else None."""
+    """The exact value of a plain number (``-1,234.5``, ``3/4``, ``\\frac{3}{4}``, ``\\dfrac34``), else None.
+
+    A degree sign is dropped first, as math-verify's unit normalisation does (``30^\\circ`` is 30).
+    """
+    answer = _DEGREES.sub("", answer).strip()
     match = _PLAIN_NUMBER.fullmatch(answer)
     if match:
         return Fraction(answer.replace(",", ""))

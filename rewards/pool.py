@@ -33,6 +33,7 @@ import itertools
 import math
 import multiprocessing as mp
 import pickle
+import signal
 import time
 import traceback
 import weakref
@@ -75,6 +76,7 @@ def _score_one(fn: Callable, completion: str, columns: dict[str, Any]) -> tuple[
 
 def _worker_main(conn: Connection, payload: bytes, progress: Any) -> None:
     """Worker loop: load the reward functions once, then score chunks one sample at a time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which then stops the pool
     try:
         rewards = pickle.loads(payload)
     except BaseException:
@@ -98,7 +100,8 @@ def _worker_main(conn: Connection, payload: bytes, progress: Any) -> None:
             progress[CURRENT] = index  # written after STARTED: whoever sees the new index sees its start time
             value, error = _score_one(rewards[reward_index], completion, columns)
             results.append((key, value, error))
-            if time.monotonic() - flushed_at >= FLUSH_S:
+            # The chunk's last results always travel with "done", so a finished chunk is never left half-reported.
+            if index + 1 < min(len(items), progress[STOP_AT]) and time.monotonic() - flushed_at >= FLUSH_S:
                 conn.send(("res", job, results))
                 results, flushed_at = [], time.monotonic()
         conn.send(("done", job, results))
@@ -194,12 +197,12 @@ class WorkerPool:
             while len(outcomes) < len(items):
                 self._dispatch(queue, outcomes)
                 self._wait(queue, outcomes)
-        except BaseException:
-            # Interrupted mid-batch: busy workers hold stale chunks, so replace them before the next call.
+        finally:
+            # A worker still busy now holds a stale chunk: the batch was interrupted, or it is on a sample that
+            # another worker finished first. Its results would carry this batch's keys into the next one.
             for worker in list(self._workers):
                 if worker.job is not None:
                     self._replace(worker)
-            raise
         return outcomes
 
     def _dispatch(self, queue: deque[Item], outcomes: dict[Any, Outcome]) -> None:

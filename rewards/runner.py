@@ -144,7 +144,7 @@ class RewardRunner:
         if self._isolated:
             self._pool = WorkerPool([self._rewards[i].fn for i in self._isolated], num_workers, timeout_s)
         self._lock = threading.Lock()
-        self._logged: set[str] = set()
+        self._logged: set[tuple[str, str]] = set()
 
     @classmethod
     def from_config(cls, entries: Sequence[Mapping[str, Any] | str], **runner_kwargs: Any) -> RewardRunner:
@@ -243,18 +243,19 @@ class RewardRunner:
         return values
 
     def _log_once(self, name: str, index: int, outcome: Outcome) -> None:
-        if name in self._logged:
+        """Log the first error and the first timeout of each reward; later ones are only counted."""
+        if (name, outcome.status) in self._logged:
             return
-        self._logged.add(name)
-        what = "timed out" if outcome.status == "timeout" else "failed"
+        self._logged.add((name, outcome.status))
+        kind = "timeouts" if outcome.status == "timeout" else "errors"
         logger.warning(
             "reward %r %s on completion %d of the batch; it scores None there and training goes on. Later %s of "
             "this reward are counted in RewardResult.%s, not logged.\n%s",
             name,
-            what,
+            "timed out" if outcome.status == "timeout" else "failed",
             index,
-            "timeouts" if outcome.status == "timeout" else "errors",
-            "timeouts" if outcome.status == "timeout" else "errors",
+            kind,
+            kind,
             outcome.detail,
         )
 

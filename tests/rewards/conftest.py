@@ -55,6 +55,24 @@ def none_for_short(completions, **columns):
     return [None if len(c) < 3 else 1.0 for c in completions]
 
 
+def mixed_reward(completions, **columns):
+    """By prefix: "stuck" never returns, "slow:0.2" sleeps that long, "raise" raises, "crash" kills the process."""
+    values = []
+    for c in completions:
+        kind, _, arg = c.partition(":")
+        if kind == "stuck":
+            while True:
+                time.sleep(60)
+        if kind == "slow":
+            time.sleep(float(arg))
+        if kind == "raise":
+            raise RuntimeError("raised on purpose")
+        if kind == "crash":
+            os._exit(7)
+        values.append(float(len(c)))
+    return values
+
+
 def pid_reward(completions, **columns):
     return [float(os.getpid())] * len(completions)
 '''

@@ -4,6 +4,7 @@ import gc
 import logging
 import math
 import os
+import random
 import threading
 import time
 
@@ -144,6 +145,23 @@ def test_stuck_samples_in_one_chunk_run_side_by_side(user_rewards):
     assert result.timeouts[name] == 2
     assert result.per_reward[name] == [None, None] + [1.0] * 10
     assert elapsed < timeout * 1 + 1.5
+
+
+def test_random_mixes_of_stuck_slow_raising_and_crashing_samples(user_rewards):
+    # Whatever the mix and the scheduling, every sample gets exactly its own outcome, in order.
+    rng = random.Random(7)
+    name = f"{MODULE}:mixed_reward"
+    kinds = ["stuck:", "slow:0.05", "slow:0.2", "raise:", "crash:"]
+    with RewardRunner([name], num_workers=2, timeout_s=0.5) as runner:
+        for _ in range(3):
+            completions = [
+                rng.choice(kinds) if rng.random() < 0.15 else f"ok{i}" * rng.randint(1, 3) for i in range(60)
+            ]
+            result = runner.score(completions)
+            expected = [None if c.startswith(("stuck", "raise", "crash")) else float(len(c)) for c in completions]
+            assert result.per_reward[name] == expected
+            assert result.timeouts[name] == sum(c.startswith("stuck") for c in completions)
+            assert result.errors[name] == sum(c.startswith(("raise", "crash")) for c in completions)
 
 
 HOSTILE = [
