@@ -57,6 +57,59 @@ def _stage(module_name: str, config_name: str, run_name: str):
     return run
 
 
+def _cascade_config(args: argparse.Namespace):
+    from cascade_rl.config import load_config
+    from cascade_rl.stages.cascade import CascadeConfig
+
+    source, overrides = _split_source(args.recipe, args.overrides)
+    return load_config(CascadeConfig, source, overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cascade_rl.stages.cascade import run_cascade
+
+    summaries = run_cascade(_cascade_config(args))
+    print(json.dumps(summaries.get("eval", {}), indent=2, default=str))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from cascade_rl.stages.cascade import plan_stages, validate
+
+    config = _cascade_config(args)
+    validate(config)
+    print(f"{args.recipe}: ok; stages {' → '.join(p.name for p in plan_stages(config))}")
+    return 0
+
+
+def _print_config(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+
+    from cascade_rl.stages.cascade import plan_stages
+
+    config = _cascade_config(args)
+    resolved = {plan.name: dataclasses.asdict(plan.build()) for plan in plan_stages(config)}
+    print(yaml.safe_dump({"cascade": dataclasses.asdict(config), "stages": resolved}, sort_keys=False))
+    return 0
+
+
+def recipe_dirs() -> list[Path]:
+    """./recipes, then the recipes/ beside the installed package (a source checkout)."""
+    here = Path(__file__).resolve().parents[1] / "recipes"
+    return [d for d in dict.fromkeys([Path.cwd() / "recipes", here]) if d.is_dir()]
+
+
+def _ls(args: argparse.Namespace) -> int:
+    for directory in recipe_dirs():
+        for path in sorted(directory.rglob("*.yaml")):
+            if "deepspeed" not in path.parts:
+                first = path.read_text().splitlines()[0].lstrip("# ").strip() if path.stat().st_size else ""
+                print(f"{path}  {first}")
+    return 0
+
+
 def _split_source(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
     if config is not None and "=" in config and not Path(config).exists():
         return None, [config, *overrides]
@@ -69,6 +122,7 @@ STAGES = {
     "filter": ("offline", "FilterStageConfig", "run_filter", "keep prompts whose pass rate lies in [low, high]"),
     "mpo": ("mpo", "MPOConfig", "run_mpo", "train on preference pairs with MPO (DPO + BCO + LM)"),
     "gspo": ("gspo", "GSPOConfig", "run_gspo", "online RL with GSPO: rollouts, rewards, group advantages"),
+    "eval": ("evaluate", "EvalConfig", "run_eval", "score a checkpoint on a held-out prompt file"),
 }
 
 
@@ -82,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--preset", default="tiny", choices=sorted(TINY_PRESETS))
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_init_tiny)
+    for name, func, help_text in [
+        ("run", _run, "run a cascade recipe (skips completed stages, resumes the interrupted one)"),
+        ("validate", _validate, "check a recipe without loading a model"),
+        ("print-config", _print_config, "show a recipe's resolved config, stage by stage"),
+    ]:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("recipe", help="recipe YAML")
+        command.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+        command.set_defaults(func=func)
+    sub.add_parser("ls", help="list the recipes").set_defaults(func=_ls)
     serve = sub.add_parser("serve", help="serve rollouts from dedicated devices over HTTP (127.0.0.1 by default)")
     serve.add_argument("--model", required=True, help="Hugging Face format checkpoint directory")
     serve.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 exposes it to the network")
