@@ -54,9 +54,11 @@ def check_rewards(values: object, n: int) -> list[float | None]:
 
 
 def column_names(fn: Callable) -> tuple[set[str] | None, set[str]]:
-    """(columns ``fn`` accepts, or None if it takes ``**columns``; columns it requires).
+    """(columns ``fn`` reads, or None for all of them; columns it requires).
 
-    The first parameter is the completions; required columns are the other parameters without a default.
+    The first parameter is the completions; required columns are the other parameters without a default. A
+    ``**columns`` catch-all means the function may read any column, so RewardRunner ships it every column; name
+    the catch-all ``**_`` (as the built-ins do) to say it only absorbs the columns it ignores.
     """
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -66,7 +68,8 @@ def column_names(fn: Callable) -> tuple[set[str] | None, set[str]]:
     required: set[str] = set()
     for param in params[1:]:
         if param.kind is param.VAR_KEYWORD:
-            accepted = None
+            if not param.name.startswith("_"):
+                accepted = None
         elif param.kind is not param.VAR_POSITIONAL:
             if accepted is not None:
                 accepted.add(param.name)

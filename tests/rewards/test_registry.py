@@ -87,8 +87,13 @@ def test_column_names():
     def strict(completions, answer):
         return []
 
+    def ignores_the_rest(completions, answer, **_):
+        return []
+
     assert column_names(reward) == (None, {"answer"})
     assert column_names(strict) == ({"answer"}, {"answer"})
+    assert column_names(ignores_the_rest) == ({"answer"}, {"answer"})
+    assert column_names(get_reward("math")) == ({"answer"}, {"answer"})  # images and the like stay home
 
 
 def test_in_process_marker():
