@@ -1,0 +1,272 @@
+"""SFT stage: supervised fine-tuning on (image, question, response) rows, the optional warm-up before Cascade RL.
+
+Loss: assistant-only token-mean cross-entropy over the global batch,
+    L = Σ_{examples, t : mask_t} −log π(y_t | x, y_<t)  /  N_global,
+where mask is `encode_chat`'s loss mask (the reply and its `<|im_end|>`; prompt, image tokens and the template's
+trailing `\\n` are not trained) and N_global counts the masked tokens of the whole optimizer step (every
+micro-batch on every rank). Normalising by the global count, not per micro-batch, makes batch 1 × accumulation 8
+train like batch 8 × accumulation 1 (a long reply weighs by its tokens wherever it lands).
+
+Plan of a run, as in the MPO stage: load the policy → tokenise the rows (an over-long row is dropped and counted,
+never truncated inside an image) → AdamW + warmup/cosine schedule, accumulation, DDP through accelerate →
+metrics.jsonl / trackers → resumable train state in `out_dir/state` → a Hugging Face checkpoint in `out_dir/final`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cascade_rl.config import dump_yaml
+from cascade_rl.data import DataError, load_images, row_from_record
+from cascade_rl.data.reader import iter_raw_records
+from cascade_rl.models import EncodedChat, encode_chat, save_policy, tokenizer_of
+from cascade_rl.models.parts import merge_lora
+from cascade_rl.stages.metrics import MetricsLog
+from cascade_rl.stages.mpo import global_order, micro_batch, prepare_policy
+from cascade_rl.stages.train_state import load_train_state, save_train_state
+from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """SFT settings. Schedule conventions follow InternVL's training scripts (cosine, warmup 0.03, weight decay
+    0.05, SPEC §1); lr 1e-5 is a common full-finetune rate for 1–8B models, not a value from SPEC — the tiny demo
+    model needs ~1e-3. `max_steps` > 0 fixes the number of optimizer steps and overrides `epochs` (the data is
+    cycled, one seeded permutation per pass), as in transformers' Trainer. Global batch = per_device_batch ×
+    grad_accum × processes."""
+
+    model_path: str = ""
+    data: str = ""
+    image_root: str | None = None
+    out_dir: str = "runs/sft"
+    lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.03
+    lr_schedule: str = "cosine"
+    epochs: int = 1
+    max_steps: int = 0
+    per_device_batch: int = 1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    max_tiles: int = 12
+    max_length: int = 16384
+    on_overlong: str = "drop"
+    system_prompt: str | None = None
+    freeze_vision: bool = False
+    freeze_projector: bool = False
+    freeze_llm: bool = False
+    lora_rank: int = 0
+    lora_alpha: int = 16
+    mixed_precision: str = "auto"
+    save_steps: int = 0
+    seed: int = 0
+    log_with: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.model_path or not self.data:
+            raise ValueError("model_path and data (a jsonl with image, question, response) are required")
+        if self.on_overlong not in ("drop", "raise"):
+            raise ValueError(f"on_overlong must be 'drop' or 'raise', got {self.on_overlong!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lora_rank and self.freeze_llm:
+            raise ValueError("lora_rank > 0 trains adapters inside the LLM; it cannot be combined with freeze_llm")
+        if min(self.per_device_batch, self.grad_accum, self.epochs) < 1 or self.max_steps < 0:
+            raise ValueError("per_device_batch, grad_accum and epochs must be at least 1, max_steps at least 0")
+
+
+@dataclass
+class SFTDataSummary:
+    rows: int = 0
+    kept: int = 0
+    dropped_overlong: int = 0
+    dropped_lines: list[str] = field(default_factory=list)
+
+
+def load_sft_examples(config: SFTConfig, processor) -> tuple[list[EncodedChat], SFTDataSummary]:
+    """Tokenise every row as [system?] user(images + question) → assistant(response). A row longer than max_length
+    is dropped and counted (`on_overlong="drop"`) or refused with its line (`"raise"`), never truncated."""
+    examples, summary = [], SFTDataSummary()
+    for source, record in tqdm(list(iter_raw_records(config.data)), desc="encode sft rows", unit="row"):
+        if isinstance(record, DataError):
+            raise record
+        summary.rows += 1
+        row = row_from_record(record, source)
+        response = record.get("response")
+        if not isinstance(response, str) or not response.strip():
+            raise DataError(f"{source}: missing or empty 'response' (the SFT target); add it or drop the row")
+        messages = row.to_messages(config.system_prompt) + [{"role": "assistant", "content": response}]
+        chat = encode_chat(processor, messages, load_images(row, config.image_root), max_tiles=config.max_tiles)
+        if len(chat.input_ids) > config.max_length:
+            if config.on_overlong == "raise":
+                raise DataError(
+                    f"{source}: row is {len(chat.input_ids)} tokens, over max_length={config.max_length}; raise "
+                    "max_length, lower max_tiles, or set on_overlong=drop",
+                    reason="overlong",
+                )
+            summary.dropped_overlong += 1
+            summary.dropped_lines.append(source)
+            continue
+        examples.append(chat)
+    summary.kept = len(examples)
+    return examples, summary
+
+
+def collate(chats: list[EncodedChat], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: input_ids, attention_mask, loss_mask [B, T]; pixel_values [ΣN_tiles, 3, H, W] in
+    example order (the model fills image tokens in that order)."""
+    width = max(len(c.input_ids) for c in chats)
+    batch = {
+        "input_ids": torch.full((len(chats), width), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(chats), width), dtype=torch.long),
+        "loss_mask": torch.zeros((len(chats), width), dtype=torch.bool),
+    }
+    for row, chat in enumerate(chats):
+        n = len(chat.input_ids)
+        batch["input_ids"][row, :n] = chat.input_ids
+        batch["attention_mask"][row, :n] = 1
+        batch["loss_mask"][row, :n] = chat.loss_mask
+    pixels = [c.pixel_values for c in chats if c.pixel_values is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    return batch
+
+
+def summed_token_loss(model, batch: dict[str, torch.Tensor], dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ −log π over trained tokens [] with grad, number of correctly argmax-predicted trained tokens [])."""
+    device = batch["input_ids"].device
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "pixel_values" in batch:
+        inputs["pixel_values"] = batch["pixel_values"].to(device, dtype)
+    logits = model(**inputs).logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
+    targets, mask = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
+    hits = (logits[mask].argmax(-1) == targets[mask]).sum()
+    return nll, hits.detach()
+
+
+def trained_tokens(chats: list[EncodedChat]) -> int:
+    """Masked tokens the loss sums over (the first token is never a target)."""
+    return sum(int(c.loss_mask[1:].sum()) for c in chats)
+
+
+def run_sft(config: SFTConfig) -> dict:
+    """Fine-tune; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format) and summary.json."""
+    out = Path(config.out_dir)
+    accelerator = make_accelerator(config.mixed_precision, config.log_with)
+    torch.manual_seed(config.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(config, out / "sft_config.yaml")
+    model, processor, trainable = prepare_policy(config)
+    pad_id = tokenizer_of(processor).pad_token_id or 0
+    examples, data_summary = load_sft_examples(config, processor)
+    if not examples:
+        raise ValueError(f"{config.data}: no trainable rows ({data_summary})")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = config.per_device_batch * config.grad_accum * world
+    total = config.max_steps or len(examples) * config.epochs // global_batch
+    if total < 1:
+        raise ValueError(f"{len(examples)} rows cannot fill one global batch of {global_batch}; lower the batch")
+    passes = -(-total * global_batch // len(examples))  # ceil: enough permutations for every step
+    order = global_order(len(examples), passes, config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = make_schedule(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio, total_steps=total)
+    dtype = model.dtype
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    start = 0
+    resumed = load_train_state(out / "state", model=model, optimizer=optimizer, scheduler=scheduler)
+    if resumed is not None:
+        start = resumed[0]
+    if accelerator.is_main_process and config.log_with:
+        accelerator.init_trackers("cascade_rl_sft", config={"lr": config.lr, "global_batch": global_batch})
+    log = MetricsLog(out / "metrics.jsonl", accelerator)
+    bar = tqdm(range(start, total), desc="sft", unit="step", disable=not accelerator.is_main_process)
+    last = {}
+    for step in bar:
+        batches = [
+            micro_batch(order, step, m, config, r, world) for m in range(config.grad_accum) for r in range(world)
+        ]
+        n_global = trained_tokens([examples[i] for idx in batches for i in idx])
+        mine = [micro_batch(order, step, m, config, rank, world) for m in range(config.grad_accum)]
+        metrics = _train_step(
+            accelerator, config, wrapped, optimizer, scheduler, params, examples, mine, n_global, dtype, pad_id
+        )
+        metrics = _global_metrics(accelerator, metrics, n_global)
+        last = log.log(step + 1, metrics)
+        bar.set_postfix(loss=f"{last['loss']:.4f}")
+        if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < total:
+            if accelerator.is_main_process:
+                save_train_state(
+                    out / "state", model=model, optimizer=optimizer, scheduler=scheduler, step=step + 1, extra={}
+                )
+            accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
+    return _finish(config, accelerator, model, processor, data_summary, trainable, total - start, last)
+
+
+def _train_step(
+    accelerator, config, model, optimizer, scheduler, params, examples, micro_batches, n_global, dtype, pad_id
+) -> dict:
+    """One optimizer step over this rank's `grad_accum` micro-batches. Each micro-batch's summed NLL is divided by
+    the step's global token count and multiplied by the number of processes (DDP averages gradients over ranks),
+    so the accumulated gradient is that of the global token mean."""
+    started, nll_sum, hits_sum, tokens = time.time(), torch.zeros(()), torch.zeros(()), 0
+    for m, idx in enumerate(micro_batches):
+        chats = [examples[i] for i in idx]
+        batch = {k: v.to(accelerator.device) for k, v in collate(chats, pad_id).items()}
+        sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(model)
+        with sync:
+            nll, hits = summed_token_loss(model, batch, dtype)
+            accelerator.backward(nll * accelerator.num_processes / n_global)
+        nll_sum += nll.detach().cpu()
+        hits_sum += hits.cpu()
+        tokens += int(batch["attention_mask"].sum())
+    grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    elapsed = max(time.time() - started, 1e-9)
+    return {
+        "nll_sum": nll_sum,
+        "hits": hits_sum,
+        "grad_norm": grad_norm,
+        "lr": scheduler.get_last_lr()[0],
+        "tokens_per_s": tokens / elapsed,
+    }
+
+
+def _global_metrics(accelerator, metrics: dict, n_global: int) -> dict:
+    """Sum this step's NLL and hits over ranks: loss = global token-mean NLL, token_accuracy = global hit rate."""
+    local = torch.stack([metrics.pop("nll_sum"), metrics.pop("hits")]).to(accelerator.device)
+    summed = accelerator.reduce(local, reduction="sum")
+    return {
+        "loss": summed[0] / n_global,
+        "token_accuracy": summed[1] / n_global,
+        "trained_tokens": n_global,
+        **metrics,
+    }
+
+
+def _finish(config, accelerator, model, processor, data_summary, trainable, steps_run, last) -> dict:
+    out = Path(config.out_dir)
+    summary = {
+        "rows": vars(data_summary),
+        "trainable_parameters": trainable,
+        "steps_run": steps_run,
+        "last_loss": last.get("loss"),
+        "final": str(out / "final"),
+    }
+    if accelerator.is_main_process:
+        save_policy(merge_lora(model), processor, out / "final")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.end_training()
+    return summary
