@@ -26,15 +26,7 @@ from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl
 from cascade_rl.rewards import RewardRunner
 from cascade_rl.rollout import Rollout, SamplingParams
-from cascade_rl.stages.offline import RewardSpec
-
-
-@dataclass(frozen=True)
-class CorrectRule:
-    """A completion graded by `reward` is correct when its value ≥ `threshold`."""
-
-    reward: str
-    threshold: float = 1.0
+from cascade_rl.stages.scoring import CorrectRule, RewardSpec, grade, reward_columns
 
 
 @dataclass(frozen=True)
@@ -74,21 +66,6 @@ class EvalConfig:
             raise ValueError(f"n={self.n} greedy samples would all be identical; set temperature > 0 or n=1")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
-
-
-def grade(values: dict[str, float | None], rules: list[CorrectRule]) -> tuple[str | None, bool]:
-    """(name of the rule's reward that graded this completion or None, correct?) — the first applicable rule wins."""
-    for rule in rules:
-        value = values.get(rule.reward)
-        if value is not None:
-            return rule.reward, value >= rule.threshold
-    return None, False
-
-
-def reward_columns(rollouts: list[Rollout]) -> dict[str, list]:
-    """Dataset columns for the reward runner: one list per column over all rollouts (None where a row lacks it)."""
-    keys = sorted({key for r in rollouts for key in r.meta})
-    return {key: [r.meta.get(key) for r in rollouts] for key in keys}
 
 
 def make_engine(config: EvalConfig):

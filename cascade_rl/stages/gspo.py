@@ -28,7 +28,7 @@ from cascade_rl.rewards import RewardRunner
 from cascade_rl.rollout import SamplingParams
 from cascade_rl.stages.groups import Group, compute_old_logps, make_group
 from cascade_rl.stages.metrics import MetricsLog
-from cascade_rl.stages.offline import RewardSpec
+from cascade_rl.stages.scoring import CorrectRule, RewardSpec, check_rules
 from cascade_rl.stages.train_state import load_train_state, save_train_state
 from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule
 
@@ -76,8 +76,7 @@ class GSPOConfig:
     is_cap: float = 2.0
     drop_zero_variance: bool = False
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
-    correct_reward: str = "math"
-    correct_threshold: float = 1.0
+    correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     reward_timeout_s: float = 5.0
     system_prompt: str | None = None
     mixed_precision: str = "auto"
@@ -102,8 +101,7 @@ class GSPOConfig:
             raise ValueError(f"is_correction must be 'none' or 'sequence', got {self.is_correction!r}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
-        if self.correct_reward not in [r.name for r in self.rewards]:
-            raise ValueError(f"correct_reward {self.correct_reward!r} is not among rewards {self.rewards}")
+        check_rules(self.rewards, self.correct)
 
 
 class GSPOTrainer:

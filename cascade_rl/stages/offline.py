@@ -25,6 +25,7 @@ from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rewards import RewardResult, RewardRunner
 from cascade_rl.rewards.parsing import extract_final_answer
 from cascade_rl.rollout import Rollout, SamplingParams
+from cascade_rl.stages.scoring import CorrectRule, RewardSpec, check_rules, grade, reward_columns
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,9 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
-class RewardSpec:
-    name: str
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
 class RolloutStageConfig:
-    """`cascade-rl rollout CONFIG [key=value ...]`. A rollout is correct when reward `correct_reward` ≥ threshold."""
+    """`cascade-rl rollout CONFIG [key=value ...]`. Correctness (pair positives, pass rates): `correct` rules, see
+    stages/scoring.py."""
 
     model_path: str = ""
     prompts: str = ""
@@ -64,8 +60,7 @@ class RolloutStageConfig:
     system_prompt: str | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
-    correct_reward: str = "math"
-    correct_threshold: float = 1.0
+    correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     reward_timeout_s: float = 5.0
     on_error: str = "raise"
 
@@ -76,8 +71,7 @@ class RolloutStageConfig:
             raise ValueError(f"engine must be 'hf' or 'vllm', got {self.engine!r}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        if self.correct_reward not in [r.name for r in self.rewards]:
-            raise ValueError(f"correct_reward {self.correct_reward!r} is not among rewards {self.rewards}")
+        check_rules(self.rewards, self.correct)
 
 
 def make_engine(config: RolloutStageConfig):
@@ -133,19 +127,15 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
 
 
 def score_rollouts(runner: RewardRunner, rollouts: list[Rollout], config, rows: dict) -> tuple[list, RewardResult]:
-    """(RolloutRecords, the runner's RewardResult). A record is correct when reward `config.correct_reward` ≥
-    `config.correct_threshold`; parseable when a final answer (last `\\boxed{}` or `Answer:` line) can be read
-    off the text. `rows` maps prompt id → PromptRow."""
-    columns = {}
-    for rollout in rollouts:
-        for key, value in rollout.meta.items():
-            columns.setdefault(key, []).append(value)
-    result = runner.score([r.text for r in rollouts], **columns)
+    """(RolloutRecords, the runner's RewardResult). A record is correct by `config.correct` (stages/scoring.py);
+    parseable when a final answer (last `\\boxed{}` or `Answer:` line) can be read off the text, or when it is
+    correct (a box answer has no `\\boxed{}`). `rows` maps prompt id → PromptRow."""
+    result = runner.score([r.text for r in rollouts], **reward_columns(rollouts))
     records = []
     for i, rollout in enumerate(rollouts):
         per_reward = {name: values[i] for name, values in result.per_reward.items()}
         answer_pred = extract_final_answer(rollout.text)
-        grade = per_reward.get(config.correct_reward)
+        _, correct = grade(per_reward, config.correct)
         row = rows[rollout.prompt_id]
         records.append(
             RolloutRecord(
@@ -156,9 +146,9 @@ def score_rollouts(runner: RewardRunner, rollouts: list[Rollout], config, rows: 
                 logprobs=rollout.logprobs,
                 finish_reason=rollout.finish_reason,
                 reward=float(result.total[i] or 0.0),
-                correct=grade is not None and grade >= config.correct_threshold,
+                correct=correct,
                 rewards=per_reward,
-                parseable=answer_pred is not None or (grade is not None and grade >= config.correct_threshold),
+                parseable=answer_pred is not None or correct,
                 answer_pred=answer_pred,
                 question=row.question,
                 images=list(row.images),

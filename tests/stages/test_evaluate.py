@@ -6,8 +6,8 @@ import pytest
 from synthetic import shapes_image
 
 from cascade_rl.rollout import Rollout
-from cascade_rl.stages.evaluate import CorrectRule, EvalConfig, grade, run_eval
-from cascade_rl.stages.offline import RewardSpec
+from cascade_rl.stages.evaluate import EvalConfig, run_eval
+from cascade_rl.stages.scoring import CorrectRule, RewardSpec, grade
 
 RULES = [CorrectRule("math", 1.0), CorrectRule("iou", 0.5)]
 REWARDS = [RewardSpec("math"), RewardSpec("iou")]

@@ -8,7 +8,7 @@ from cascade_rl.config import ConfigError, load_config
 from cascade_rl.models import load_policy
 from cascade_rl.stages.gspo import GSPOConfig, run_gspo
 from cascade_rl.stages.metrics import read_metrics
-from cascade_rl.stages.offline import RewardSpec
+from cascade_rl.stages.scoring import CorrectRule, RewardSpec
 
 EASY = [RewardSpec("stages.easy_rewards:digit_share")]
 
@@ -27,8 +27,7 @@ def config(tiny_checkpoint, tmp_path, **kw):
         max_tiles=4,
         lr=1e-3,
         rewards=EASY,
-        correct_reward=EASY[0].name,
-        correct_threshold=0.5,
+        correct=[CorrectRule(EASY[0].name, 0.5)],
         clip_low=0.2,
         clip_high=0.2,
         reward_timeout_s=30.0,
@@ -81,7 +80,7 @@ def test_mean_reward_rises_on_an_easy_task(tiny_checkpoint, tmp_path):
         lr=1e-2,
         seed=1,
         rewards=vowels,
-        correct_reward=vowels[0].name,
+        correct=[CorrectRule(vowels[0].name, 0.5)],
     )
     run_gspo(cfg)
     rewards = [r["reward_mean"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]

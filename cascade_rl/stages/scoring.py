@@ -1,0 +1,52 @@
+"""What every stage that scores rollouts shares: which rewards to run, and when a completion counts as correct.
+
+`correct` is a list of rules (reward name, threshold). A completion is graded by the first rule whose reward
+applies to it (returns a value, not None: the reward contract's "does not apply"), and is correct when that value
+≥ the rule's threshold. On a mixed dataset — `math` is None on rows without `answer`, `iou` None on rows without
+`bbox` — `[{reward: math, threshold: 1.0}, {reward: iou, threshold: 0.5}]` grades each row by its own kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cascade_rl.rollout import Rollout
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One reward of the weighted sum: a built-in name or "package.module:function"."""
+
+    name: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class CorrectRule:
+    """A completion graded by `reward` is correct when its value ≥ `threshold`."""
+
+    reward: str
+    threshold: float = 1.0
+
+
+def grade(values: dict[str, float | None], rules: list[CorrectRule]) -> tuple[str | None, bool]:
+    """(name of the rule's reward that graded this completion or None, correct?) — the first applicable rule wins."""
+    for rule in rules:
+        value = values.get(rule.reward)
+        if value is not None:
+            return rule.reward, value >= rule.threshold
+    return None, False
+
+
+def check_rules(rewards: list[RewardSpec], rules: list[CorrectRule]) -> None:
+    """Refuse a rule naming a reward that is not computed (its grade would silently never apply)."""
+    names = [r.name for r in rewards]
+    missing = [rule.reward for rule in rules if rule.reward not in names]
+    if missing or not rules:
+        raise ValueError(f"correct rules {[r.reward for r in rules]} must name rewards among {names}")
+
+
+def reward_columns(rollouts: list[Rollout]) -> dict[str, list]:
+    """Dataset columns for the reward runner: one list per column over all rollouts (None where a row lacks it)."""
+    keys = sorted({key for r in rollouts for key in r.meta})
+    return {key: [r.meta.get(key) for r in rollouts] for key in keys}
