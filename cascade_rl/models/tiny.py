@@ -31,6 +31,10 @@ class TinySpec:
     text_kv_heads: int = 2
     max_tiles: int = 6
     vocab_size: int = 1024
+    # transformers initialises InternViT's position embeddings to zero; a pretrained tower has learned ones. At
+    # zero every patch looks the same wherever it is, and a tiny model cannot learn where things are in a few
+    # hundred steps, so the tiny builder draws them from N(0, std²).
+    position_embedding_std: float = 0.5
 
     @property
     def tokens_per_tile(self) -> int:
@@ -92,6 +96,9 @@ def build_tiny_internvl(spec: TinySpec | str = "tiny", *, seed: int = 0, **overr
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = InternVLForConditionalGeneration(config)
+        positions = model.model.vision_tower.embeddings.position_embeddings
+        with torch.no_grad():
+            positions.normal_(0.0, spec.position_embedding_std)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = build_internvl_processor(
