@@ -5,14 +5,22 @@ images. `shared_prompt_logps` runs the vision tower and the prompt once, keeps t
 repeats them for the K completions, and scores all K completions in one batched forward. Gradients flow through
 the shared prompt states to the vision tower, projector and LLM exactly as with K full forwards, at the cost of
 one prompt instead of K: for image-dominated prompts that is most of the work.
+
+The completion pass never holds `[K, T, V]` logits: it takes the decoder's hidden states `[K, T, D]` and applies
+the LM head `chunk_size` positions at a time under activation checkpointing, so only one chunk's logits are alive
+at a time, in forward and in backward (which recomputes them; its peak is ~3 fp32 `[K, chunk_size, V]` tensors).
+At a 151k vocabulary, K=16 and T=2k, one fp32 copy of the whole logits is ~20 GB; one chunk of 512 is ~5 GB.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from cascade_rl.models.vision_cache import embed_with_images
+
+CHUNK_SIZE = 512
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -21,6 +29,36 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, temperature: float 
     if temperature != 1.0:
         logits = logits / temperature
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def _head_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float):
+    return token_logps(lm_head(hidden), targets, temperature)
+
+
+def chunked_head_logps(
+    lm_head: torch.nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = CHUNK_SIZE,
+) -> torch.Tensor:
+    """token_logps(lm_head(hidden), targets) for hidden [K, T, D], targets [K, T] → [K, T] float32.
+
+    Works on `chunk_size` positions (× all K rows) at a time; with grad enabled each chunk runs under
+    non-reentrant checkpointing, so backward recomputes that chunk's [K, chunk_size, V] logits instead of
+    autograd keeping them (and their fp32 log_softmax) for the whole sequence.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    pieces = []
+    for start in range(0, hidden.shape[1], chunk_size):
+        h, y = hidden[:, start : start + chunk_size], targets[:, start : start + chunk_size]
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_head_logps, lm_head, h, y, temperature, use_reentrant=False))
+        else:
+            pieces.append(_head_logps(lm_head, h, y, temperature))
+    return torch.cat(pieces, dim=1)
 
 
 def pad_right(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +72,16 @@ def pad_right(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
+def _prompt_inputs(model, prompt_ids, pixel_values, vision_cache, device) -> dict:
+    """Keyword arguments of the prompt forward: ids [1, P], or embeddings with cached image features; pixels."""
+    inputs = {"input_ids": prompt_ids[None].to(device)}
+    if vision_cache is not None:
+        inputs["inputs_embeds"] = embed_with_images(model, inputs.pop("input_ids"), vision_cache.to(device))
+    elif pixel_values is not None:
+        inputs["pixel_values"] = pixel_values.to(device, model.dtype)
+    return inputs
+
+
 def shared_prompt_logps(
     model,
     prompt_ids: torch.Tensor,
@@ -43,28 +91,34 @@ def shared_prompt_logps(
     vision_cache: torch.Tensor | None = None,
     temperature: float = 1.0,
     pad_id: int = 0,
+    chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score K completions of one prompt, encoding the prompt once.
 
     prompt_ids: [P]; completions: K tensors [T_k] (T_k ≥ 1); pixel_values: [N_tiles, 3, H, W] or None;
-    vision_cache: the frozen vision tower's output for those pixels (vision_cache.vision_features), used instead.
+    vision_cache: the frozen vision tower's output for those pixels (vision_cache.vision_features), used instead;
+    chunk_size: completion positions whose [K, chunk_size, V] logits exist at once (see `chunked_head_logps`).
     Returns (token_logps [K, T_max], mask [K, T_max] bool): log π(y_k,t | prompt, y_k,<t) / temperature-scaled,
     zero where masked. Right padding needs no attention mask: a real token never attends to a later position.
+    Works for InternVL and plain causal LMs (and peft wrappers): the completion pass calls `get_decoder()`, the
+    text decoder, and `get_output_embeddings()`, the LM head.
     """
     device = next(model.parameters()).device
     cache = DynamicCache()
-    inputs = {"input_ids": prompt_ids[None].to(device), "past_key_values": cache, "use_cache": True}
-    if vision_cache is not None:
-        inputs["inputs_embeds"] = embed_with_images(model, inputs.pop("input_ids"), vision_cache.to(device))
-    elif pixel_values is not None:
-        inputs["pixel_values"] = pixel_values.to(device, model.dtype)
-    first_logits = model(**inputs, logits_to_keep=1).logits[:, -1]  # [1, V]: predicts each completion's token 0
+    inputs = _prompt_inputs(model, prompt_ids, pixel_values, vision_cache, device)
+    first_logits = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # [1, V]
     ids, mask = pad_right(completions, pad_id)
     ids, mask = ids.to(device), mask.to(device)
+    first = token_logps(first_logits.expand(len(completions), -1), ids[:, 0], temperature)[:, None]  # [K, 1]
+    if ids.shape[1] == 1:
+        return first * mask, mask
     cache.batch_repeat_interleave(len(completions))
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits  # [K, T_max, V]
-    logits = torch.cat([first_logits.expand(len(completions), -1)[:, None], logits[:, :-1]], dim=1)
-    return token_logps(logits, ids, temperature) * mask, mask
+    # The last token predicts nothing we score and no scored token attends to it: feed ids[:, :-1] only.
+    hidden = model.get_decoder()(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True).last_hidden_state
+    rest = chunked_head_logps(
+        model.get_output_embeddings(), hidden, ids[:, 1:], temperature=temperature, chunk_size=chunk_size
+    )
+    return torch.cat([first, rest], dim=1) * mask, mask
 
 
 def full_sequence_logps(
@@ -75,11 +129,13 @@ def full_sequence_logps(
     pixel_values: torch.Tensor | None = None,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Reference path: one full forward over prompt + completion; returns [T] completion token log-probs."""
+    """Reference path (tests): one plain full forward over prompt + completion; returns [T] completion token
+    log-probs. Deliberately unchunked, so it checks the chunked path independently; `logits_to_keep` limits the
+    logits to the T + 1 last positions, [T + 1, V], rather than the whole (image-heavy) prompt."""
     device = next(model.parameters()).device
     ids = torch.cat([prompt_ids, completion])[None].to(device)
     inputs = {"input_ids": ids}
     if pixel_values is not None:
         inputs["pixel_values"] = pixel_values.to(device, model.dtype)
-    logits = model(**inputs).logits[0, len(prompt_ids) - 1 : -1]
+    logits = model(**inputs, logits_to_keep=len(completion) + 1).logits[0, :-1]
     return token_logps(logits, completion.to(device), temperature)

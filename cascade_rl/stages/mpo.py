@@ -1,9 +1,11 @@
 """MPO stage (offline RL): train a policy on MMPR preference pairs with `cascade_rl.algos.mpo_loss` (SPEC §1).
 
-Plan of a run: load the policy → tokenise the pairs (never truncating inside an image) → reference log-probs in
-one no-grad pass, cached beside the pairs → AdamW + cosine schedule, gradient accumulation, DDP through
-accelerate → metrics.jsonl / trackers → resumable train state → a Hugging Face format checkpoint in `final/`.
+Plan of a run: load the policy → check and measure the pairs (never truncating inside an image; no pixels kept)
+→ reference log-probs in one no-grad pass, cached beside the pairs → AdamW + cosine schedule, gradient
+accumulation, DDP through accelerate → metrics.jsonl / trackers → resumable train state → a Hugging Face format
+checkpoint in `final/`.
 Each pair's vision features and shared prompt are computed once for both completions (models/logprobs.py).
+Pairs are encoded (images loaded and tiled) per micro-batch, each rank only its own (stages/pair_data.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.pairs import pair_token_logps
 from cascade_rl.models.parts import add_lora, freeze_parts, merge_lora
 from cascade_rl.stages.metrics import MetricsLog
-from cascade_rl.stages.pair_data import checkpoint_fingerprint, file_sha256, load_pairs
+from cascade_rl.stages.pair_data import PairSource, checkpoint_fingerprint, file_sha256, load_pairs
 from cascade_rl.stages.reference import cached_reference_logps
 from cascade_rl.stages.train_state import load_train_state, save_train_state
 from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule
@@ -130,7 +132,9 @@ def prepare_policy(config: MPOConfig):
     return model.train(), processor, counts
 
 
-def reference_logps(config: MPOConfig, model, pairs, pad_id: int, accelerator: Accelerator) -> torch.Tensor:
+def reference_logps(
+    config: MPOConfig, model, pairs: PairSource, pad_id: int, accelerator: Accelerator
+) -> torch.Tensor:
     """[N, 2] reference (chosen, rejected) log-prob sums: computed by the main process, cached, read by all."""
     ref_path = config.reference_path or config.model_path
     key = {
@@ -213,10 +217,10 @@ def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps,
             chosen, rejected, _, _ = live_scorer(pairs)
         return chosen.float().cpu(), rejected.float().cpu()
 
-    def step(pairs, micro_batches):
+    def step(pairs: PairSource, micro_batches):
         started, tokens, sums = time.time(), 0, {}
         for m, idx in enumerate(micro_batches):
-            batch = [pairs[i] for i in idx]
+            batch = [pairs.encode(i) for i in idx]  # images loaded and tiled now, freed after the micro-step
             sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(scorer)
             with sync:
                 chosen, rejected, token_logps, mask = scorer(batch)

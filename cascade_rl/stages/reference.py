@@ -11,23 +11,25 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cascade_rl.models.pairs import EncodedPair, pair_token_logps
+from cascade_rl.models.pairs import pair_token_logps
+from cascade_rl.stages.pair_data import PairSource
 
 
 @torch.no_grad()
-def sequence_logps(model, pairs: list[EncodedPair], pad_id: int) -> torch.Tensor:
-    """[N, 2] summed completion log-probs (chosen, rejected) under `model`, float32 on the CPU."""
+def sequence_logps(model, pairs: PairSource, pad_id: int) -> torch.Tensor:
+    """[N, 2] summed completion log-probs (chosen, rejected) under `model`, float32 on the CPU; pairs are
+    encoded one at a time, so at most one pair's pixels are in memory."""
     was_training = model.training
     model.eval()
     out = torch.empty(len(pairs), 2)
-    for i, pair in enumerate(tqdm(pairs, desc="reference log-probs", unit="pair")):
-        logps, _ = pair_token_logps(model, pair, pad_id=pad_id)
+    for i in tqdm(range(len(pairs)), desc="reference log-probs", unit="pair"):
+        logps, _ = pair_token_logps(model, pairs.encode(i), pad_id=pad_id)
         out[i] = logps.sum(-1).float().cpu()
     model.train(was_training)
     return out
 
 
-def cached_reference_logps(model, pairs: list[EncodedPair], cache_file: Path, key: dict, pad_id: int) -> torch.Tensor:
+def cached_reference_logps(model, pairs: PairSource, cache_file: Path, key: dict, pad_id: int) -> torch.Tensor:
     """Load `cache_file` when its key matches `key`, else compute and write it (atomically)."""
     if cache_file.exists():
         cached = torch.load(cache_file, weights_only=True)

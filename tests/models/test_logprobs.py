@@ -1,5 +1,7 @@
 """Shared-prompt scoring equals independent full forwards: log-probs and gradients (fp32)."""
 
+import math
+
 import pytest
 import torch
 from synthetic import shapes_image
@@ -87,3 +89,42 @@ def test_frozen_vision_cache_gives_equal_logps_and_grads(setup):
     assert any("multi_modal_projector" in n for n in slow)  # the projector still trains
     for name in slow:
         torch.testing.assert_close(fast_grads[name], slow[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_small_chunks_give_equal_logps_and_grads(setup):
+    model, prompt, completions = setup
+    results = {}
+    for size in (3, 10_000):  # 3 splits both completions into several chunks, one of them partial; 10k is one chunk
+        model.zero_grad()
+        logps, _ = shared_prompt_logps(
+            model, prompt.input_ids, completions, pixel_values=prompt.pixel_values, temperature=0.7, chunk_size=size
+        )
+        (logps.sum(1) * torch.tensor([1.0, -0.7])).sum().backward()
+        results[size] = logps.detach(), grads(model)
+    (small, small_grads), (whole, whole_grads) = results[3], results[10_000]
+    assert max(len(c) for c in completions) > 2 * 3 + 1
+    torch.testing.assert_close(small, whole, atol=1e-6, rtol=1e-6)
+    assert small_grads.keys() == whole_grads.keys()
+    for name in whole_grads:
+        torch.testing.assert_close(small_grads[name], whole_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_autograd_saves_no_full_vocabulary_logits(setup):
+    model, prompt, completions = setup
+    vocab, k, chunk = model.get_output_embeddings().weight.shape[0], len(completions), 4
+    assert max(len(c) for c in completions) > chunk + 1
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logps, _ = shared_prompt_logps(
+            model, prompt.input_ids, completions, pixel_values=prompt.pixel_values, chunk_size=chunk
+        )
+    logps.sum().backward()
+    # Unchunked, autograd would keep [K, T, V] logits and their log_softmax; now only the prompt pass's first-token
+    # [K, V] rows may be kept (chunks save their [K, chunk, D] hidden input and recompute their logits).
+    kept = [s for s in saved if s[0] == k and s[-1] == vocab and math.prod(s[1:-1]) > 1]
+    assert not kept, kept

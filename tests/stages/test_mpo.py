@@ -1,14 +1,22 @@
 """MPO stage driven as a user would: from a checkpoint directory and an MMPR pairs file."""
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
+from synthetic import shapes_image
 
-from cascade_rl.data import DataError
+from cascade_rl.data import DataError, row_from_record
 from cascade_rl.models import load_policy
+from cascade_rl.models.chat import process_images
+from cascade_rl.models.pairs import encode_pair, image_tiles
 from cascade_rl.stages.metrics import read_metrics
 from cascade_rl.stages.mpo import MPOConfig, run_mpo
+from cascade_rl.stages.pair_data import PairSummary, load_pairs
 
 
 def config(tiny_checkpoint, pairs_file, out, **kw):
@@ -136,3 +144,99 @@ def test_cli_runs_mpo_from_yaml_with_overrides(tiny_checkpoint, pairs_file, tmp_
     assert '"steps_run": 1' in capsys.readouterr().out
     assert main(["mpo", str(recipe), "betta=0.2"]) == 2
     assert "unknown key 'betta'" in capsys.readouterr().err
+
+
+def tensors_in(obj) -> list[torch.Tensor]:
+    """Every tensor reachable from `obj` through dataclass fields, dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if dataclasses.is_dataclass(obj):
+        children = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple)):
+        children = list(obj)
+    else:
+        return []
+    return [t for child in children for t in tensors_in(child)]
+
+
+class EagerPairs(list):
+    """The loader as it was: every pair encoded up front, pixels resident; `encode(i)` just returns pair i."""
+
+    def encode(self, i: int):
+        return self[i]
+
+
+def eager_pairs(path, images, processor, *, max_tiles: int) -> EagerPairs:
+    """Every pair of `path` encoded straight from the file and PIL, independently of load_pairs."""
+    pairs = EagerPairs()
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        record = json.loads(line)
+        row = row_from_record(record, f"line {lineno}")
+        with Image.open(images / record["image"]) as image:
+            images_rgb = [image.convert("RGB")]
+        pairs.append(
+            encode_pair(
+                processor, row.to_messages(), images_rgb, record["chosen"], record["rejected"], max_tiles=max_tiles
+            )
+        )
+    return pairs
+
+
+def test_loaded_pairs_hold_no_pixels_and_encode_like_the_eager_path(tiny_checkpoint, pairs_file):
+    path, images = pairs_file
+    processor = load_policy(tiny_checkpoint)[1]
+    source, summary = load_pairs(
+        path, processor, image_root=str(images), max_tiles=4, max_length=16384, on_overlong="raise"
+    )
+    assert len(source) == summary.kept == summary.rows == 6
+    assert source.rows and not tensors_in(source.rows)  # text, paths and counts only: no pixels, no token ids
+    for i, eager in enumerate(eager_pairs(path, images, processor, max_tiles=4)):
+        lazy = source.encode(i)
+        for name in ("prompt_ids", "pixel_values", "chosen_ids", "rejected_ids"):
+            assert torch.equal(getattr(lazy, name), getattr(eager, name)), (i, name)
+        assert source.num_tokens(i) == lazy.num_tokens
+    assert {len(source.encode(i).pixel_values) for i in range(2)} == {1, 3}  # 64×64: 1 tile; 128×64: 2 + thumbnail
+
+
+def test_lazy_pairs_train_like_pairs_encoded_up_front(tiny_checkpoint, pairs_file, tmp_path, monkeypatch):
+    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "lazy", max_steps=2, per_device_batch=1, grad_accum=2))
+    from cascade_rl.stages import mpo as mpo_module
+
+    def load_eagerly(path, processor, *, max_tiles, **_):
+        pairs = eager_pairs(Path(path), pairs_file[1], processor, max_tiles=max_tiles)
+        return pairs, PairSummary(rows=len(pairs), kept=len(pairs))
+
+    monkeypatch.setattr(mpo_module, "load_pairs", load_eagerly)
+    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "eager", max_steps=2, per_device_batch=1, grad_accum=2))
+    lazy, eager = read_metrics(tmp_path / "lazy" / "metrics.jsonl"), read_metrics(tmp_path / "eager" / "metrics.jsonl")
+    assert len(lazy) == len(eager) == 2
+    for a, b in zip(lazy, eager):
+        for key in ("loss", "dpo_loss", "bco_loss", "lm_loss", "delta", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (a["step"], key)
+    trained = [load_policy(tmp_path / run / "final")[0].state_dict() for run in ("lazy", "eager")]
+    for name, value in trained[0].items():
+        torch.testing.assert_close(value, trained[1][name], atol=1e-7, rtol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("max_tiles", [1, 4, 12])
+def test_tile_counts_from_image_sizes_match_tiling(tiny_internvl, max_tiles):
+    processor = tiny_internvl[1]
+    sizes = [(64, 64), (128, 64), (64, 200), (300, 90), (17, 500), (1000, 1000), (500, 31)]
+    _, tiled = process_images(processor, [shapes_image(w, h) for w, h in sizes], max_tiles=max_tiles)
+    assert image_tiles(processor, sizes, max_tiles=max_tiles) == tiled
+
+
+def test_image_problems_are_found_at_load_time_and_changes_at_encode_time(tiny_checkpoint, pairs_file):
+    path, images = pairs_file
+    processor = load_policy(tiny_checkpoint)[1]
+    load = dict(image_root=str(images), max_tiles=4, max_length=16384, on_overlong="raise")
+    (images / "img3.png").rename(images / "gone.png")
+    with pytest.raises(DataError, match=r"pairs.jsonl line 4: image 'img3.png' not found under image_root="):
+        load_pairs(path, processor, **load)
+    (images / "gone.png").rename(images / "img3.png")
+    source, _ = load_pairs(path, processor, **load)
+    shapes_image(64, 64).save(images / "img3.png")  # was 128×64 (3 tiles) when measured
+    with pytest.raises(DataError, match=r"pairs.jsonl line 4: pair encodes to \d+ tokens but measured \d+"):
+        source.encode(3)
