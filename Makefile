@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-gpu lint format bench clean
+.PHONY: install demo test test-gpu lint format bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m cascade_rl.demo
 
 test: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not gpu" -q
