@@ -1,9 +1,9 @@
 """A synthetic visual task rendered in-process: coloured shapes on a grid, to count or to locate.
 
 Scene: a white `image_size`² canvas cut into `grid` × `grid` cells; each object fills one cell less `margin` pixels
-on every side (shifted by up to `jitter` pixels), so objects never touch and every object is one cell. With the
-defaults (64 px, 4 × 4 grid) a cell is 16 px: exactly the patch group behind one of the tiny InternVL's 16 image
-tokens per tile, which is what keeps the task learnable by a ~200k-parameter model.
+on every side (shifted by up to `jitter` pixels), so objects never touch and every object is one cell. On a 64-px
+image the tiny InternVL sees 16 image tokens, one per 16-px square: with the default 2 × 2 grid an object covers 4
+of them, which is what keeps the task learnable by a ~200k-parameter model in a few hundred steps (ShapesTask).
 
 Two kinds of row:
 - count:  "How many red squares are there?" → `answer` "N" (the `math` reward), response `Answer: \\boxed{N}`.
@@ -48,16 +48,20 @@ BACKGROUND = (255, 255, 255)
 
 @dataclass(frozen=True)
 class ShapesTask:
-    """The task's difficulty knobs. Defaults: 2–3 colours' worth of objects, counts 0–4, one shape kind."""
+    """The task's difficulty knobs. The defaults are the demo task: a 2 × 2 grid (each object covers 4 of the 16
+    image tokens), red and blue squares, 0–2 targets and 0–2 distractors; chance is 1/3 for counting and 1/4 for
+    locating. Measured with the tiny InternVL (lr 3e-3, batch 16, cosine): held-out accuracy 22% after 100 SFT
+    steps, 35% after 300, 83% after 400. A 4 × 4 grid is much slower to learn (counting ≈ 40% after 600 steps,
+    locating at chance: the tiny vision tower's position embeddings start at zero)."""
 
     image_size: int = 64
-    grid: int = 4
+    grid: int = 2
     margin: int = 2
     jitter: int = 0
-    colours: tuple[str, ...] = ("red", "green", "blue")
+    colours: tuple[str, ...] = ("red", "blue")
     shapes: tuple[str, ...] = ("square",)
-    max_count: int = 4
-    max_distractors: int = 3
+    max_count: int = 2
+    max_distractors: int = 2
     background: str = "white"
 
     def __post_init__(self):

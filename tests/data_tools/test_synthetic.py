@@ -15,7 +15,14 @@ from cascade_rl.data_tools.synthetic import (
 from cascade_rl.rewards.grounding import iou
 from cascade_rl.rewards.math_reward import math_reward
 
-HARD = dict(shapes=("square", "circle", "triangle"), colours=("red", "green", "blue"), jitter=1, max_distractors=5)
+HARD = dict(
+    grid=4,
+    shapes=("square", "circle", "triangle"),
+    colours=("red", "green", "blue"),
+    jitter=1,
+    max_count=4,
+    max_distractors=5,
+)
 
 
 def pixel_box(bbox: list[int], size: int) -> tuple[int, int, int, int]:
@@ -53,6 +60,15 @@ def test_locate_boxes_are_the_tight_box_of_the_target_pixels(tmp_path):
         ]
         xs, ys = [x for x, _ in hits], [y for _, y in hits]
         assert (min(xs), min(ys), max(xs) + 1, max(ys) + 1) == (x1, y1, x2, y2), row["id"]
+
+
+def test_defaults_are_the_demo_task():
+    task = ShapesTask()
+    assert (task.grid, task.colours, task.max_count, task.max_distractors) == (2, ("red", "blue"), 2, 2)
+    # A 64-px image split 2 × 2: 32-px cells; with margin 2 every object is 28 px wide, 7/16 of the frame.
+    example = make_example(task, "locate", seed=0, index=0)
+    x1, y1, x2, y2 = example.bbox
+    assert x2 - x1 == y2 - y1 == 969 - 531 and x1 in (31, 531) and y1 in (31, 531)
 
 
 def test_a_square_box_by_hand():
@@ -124,8 +140,8 @@ def test_examples_use_only_the_chosen_colours_and_counts():
     [
         ({"colours": ("teal",)}, "unknown colours"),
         ({"colours": ("red",)}, "at least 2"),
-        ({"max_count": 10, "max_distractors": 10}, "fit in the 16 cells"),
-        ({"image_size": 32, "margin": 6}, "≥ 3 px"),
+        ({"max_count": 3, "max_distractors": 2}, "fit in the 4 cells"),
+        ({"image_size": 32, "grid": 4, "margin": 3}, "≥ 3 px"),
     ],
 )
 def test_bad_knobs_are_refused_with_the_reason(knobs, message):
