@@ -12,8 +12,7 @@ Two kinds of row:
   response `<ref>blue circle</ref><box>[[x1, y1, x2, y2]]</box>`. The target is the only object of its kind.
 
 Background: "white", or "grid" — each cell tinted by its row and column (a pale colour ramp), which puts the
-cell's position into its pixels: the tiny model's vision position embeddings start at zero, so without it where
-an object is must be learned from scratch.
+cell's position into its pixels (an aid for vision towers that do not encode position well; off by default).
 
 The box is the tight box of the target's painted pixels (x2, y2 exclusive), normalised as round(v / size · 1000)
 (SPEC §6). Difficulty knobs: max_count, colours, shapes, max_distractors, jitter (position noise inside a cell).
@@ -51,8 +50,8 @@ class ShapesTask:
     """The task's difficulty knobs. The defaults are the demo task: a 2 × 2 grid (each object covers 4 of the 16
     image tokens), red and blue squares, 0–2 targets and 0–2 distractors; chance is 1/3 for counting and 1/4 for
     locating. Measured with the tiny InternVL (lr 3e-3, batch 16, cosine): held-out accuracy 22% after 100 SFT
-    steps, 35% after 300, 83% after 400. A 4 × 4 grid is much slower to learn (counting ≈ 40% after 600 steps,
-    locating at chance: the tiny vision tower's position embeddings start at zero)."""
+    steps, 35% after 300, 83% after 400. A 4 × 4 grid (one image token per object) is much slower to learn: mixed
+    count + locate was still at chance after 600 steps."""
 
     image_size: int = 64
     grid: int = 2

@@ -199,7 +199,7 @@ def test_two_gloo_ranks_match_one_process(tiny_checkpoint, shapes, tmp_path):
 
 # The smallest shapes task on which the tiny InternVL learns to look within a few hundred steps on 2 CPU cores:
 # counting only, a 2 × 2 grid (each object covers 4 of the 16 image tokens), 2 colours, 0–2 targets, 0–2
-# distractors. (Position-dependent variants — locating, or a 4 × 4 grid — need far more steps: see the report.)
+# distractors. (A 4 × 4 grid, one image token per object, needs far more steps.)
 LEARNABLE = dict(kinds=("count",), grid=2, colours=("red", "blue"), max_count=2, max_distractors=2)
 
 
