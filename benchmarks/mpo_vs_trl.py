@@ -252,7 +252,7 @@ def trl_rows(workload: dict) -> list[dict]:
     from cascade_rl.data.reader import iter_raw_records
     from cascade_rl.models import load_internvl_processor
     from cascade_rl.models.chat import render
-    from cascade_rl.stages.mpo import global_order
+    from cascade_rl.stages.training import global_order
 
     processor = load_internvl_processor(workload["checkpoint"])
     eos = processor.tokenizer.eos_token

@@ -24,12 +24,19 @@ from cascade_rl.algos import RunningMean, mpo_loss
 from cascade_rl.config import dump_yaml
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.pairs import pair_token_logps
-from cascade_rl.models.parts import add_lora, freeze_parts, merge_lora
+from cascade_rl.models.parts import merge_lora
 from cascade_rl.stages.metrics import MetricsLog
 from cascade_rl.stages.pair_data import PairSource, checkpoint_fingerprint, file_sha256, load_pairs
 from cascade_rl.stages.reference import cached_reference_logps
 from cascade_rl.stages.train_state import load_train_state, save_train_state
-from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule
+from cascade_rl.stages.training import (
+    SCHEDULES,
+    global_order,
+    make_accelerator,
+    make_schedule,
+    micro_batch,
+    prepare_policy,
+)
 
 
 @dataclass(frozen=True)
@@ -105,31 +112,6 @@ class PairScorer(torch.nn.Module):
         tokens = torch.nn.utils.rnn.pad_sequence(token_rows, batch_first=True)
         masks = torch.nn.utils.rnn.pad_sequence(mask_rows, batch_first=True)
         return sums[:, 0], sums[:, 1], tokens, masks
-
-
-def global_order(n_pairs: int, epochs: int, seed: int) -> list[int]:
-    """Pair indices for the whole run: one seeded permutation per epoch, concatenated."""
-    order = []
-    for epoch in range(epochs):
-        order += torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-    return order
-
-
-def micro_batch(order: list[int], step: int, micro: int, config: MPOConfig, rank: int, world: int) -> list[int]:
-    """Indices for (optimizer step, micro-step, rank): micro-steps are consecutive slices of the global batch,
-    each split into `world` consecutive per-rank slices of `per_device_batch`."""
-    global_batch = config.per_device_batch * config.grad_accum * world
-    start = step * global_batch + (micro * world + rank) * config.per_device_batch
-    return order[start : start + config.per_device_batch]
-
-
-def prepare_policy(config: MPOConfig):
-    """Load, freeze and (optionally) LoRA-wrap the policy; returns (model, processor, trainable counts)."""
-    model, processor = load_policy(config.model_path)
-    counts = freeze_parts(model, vision=config.freeze_vision, projector=config.freeze_projector, llm=config.freeze_llm)
-    if config.lora_rank:
-        model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha)
-    return model.train(), processor, counts
 
 
 def reference_logps(

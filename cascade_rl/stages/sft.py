@@ -29,9 +29,15 @@ from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.models import EncodedChat, encode_chat, save_policy, tokenizer_of
 from cascade_rl.models.parts import merge_lora
 from cascade_rl.stages.metrics import MetricsLog
-from cascade_rl.stages.mpo import global_order, micro_batch, prepare_policy
 from cascade_rl.stages.train_state import load_train_state, save_train_state
-from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule
+from cascade_rl.stages.training import (
+    SCHEDULES,
+    global_order,
+    make_accelerator,
+    make_schedule,
+    micro_batch,
+    prepare_policy,
+)
 
 
 @dataclass(frozen=True)

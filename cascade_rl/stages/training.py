@@ -1,4 +1,4 @@
-"""Pieces every trainer shares: the accelerator and the learning-rate schedule."""
+"""Pieces every trainer shares: the accelerator, the learning-rate schedule, the data order, the policy."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import math
 import torch
 from accelerate import Accelerator
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+from cascade_rl.models import load_policy
+from cascade_rl.models.parts import add_lora, freeze_parts
 
 SCHEDULES = ("cosine", "constant")
 
@@ -26,3 +29,29 @@ def make_schedule(name: str, optimizer, *, warmup_ratio: float, total_steps: int
     if name == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup)
     return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def global_order(n_pairs: int, epochs: int, seed: int) -> list[int]:
+    """Pair indices for the whole run: one seeded permutation per epoch, concatenated."""
+    order = []
+    for epoch in range(epochs):
+        order += torch.randperm(n_pairs, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    return order
+
+
+def micro_batch(order: list[int], step: int, micro: int, config, rank: int, world: int) -> list[int]:
+    """Indices for (optimizer step, micro-step, rank): micro-steps are consecutive slices of the global batch,
+    each split into `world` consecutive per-rank slices of `config.per_device_batch`."""
+    global_batch = config.per_device_batch * config.grad_accum * world
+    start = step * global_batch + (micro * world + rank) * config.per_device_batch
+    return order[start : start + config.per_device_batch]
+
+
+def prepare_policy(config):
+    """Load, freeze and (optionally) LoRA-wrap the policy named by a trainer config (model_path, freeze_*,
+    lora_*); returns (model in train mode, processor, trainable parameter counts per part)."""
+    model, processor = load_policy(config.model_path)
+    counts = freeze_parts(model, vision=config.freeze_vision, projector=config.freeze_projector, llm=config.freeze_llm)
+    if config.lora_rank:
+        model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha)
+    return model.train(), processor, counts
