@@ -19,6 +19,7 @@ from tqdm import tqdm
 from cascade_rl.data import DataError, PromptRow, load_images, resolve_image, row_from_record
 from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.models.pairs import EncodedPair, encode_pair, image_tiles, pair_num_tokens
+from cascade_rl.stages.lengths import admit
 
 
 @dataclass
@@ -124,17 +125,8 @@ def load_pairs(
             raise record
         summary.rows += 1
         pair = measure_pair(record, source, processor, image_root=image_root, max_tiles=max_tiles)
-        if pair.num_tokens > max_length:
-            if on_overlong == "raise":
-                raise DataError(
-                    f"{source}: pair is {pair.num_tokens} tokens, over max_length={max_length}; raise max_length, "
-                    "lower max_tiles, or set on_overlong=drop",
-                    reason="overlong",
-                )
-            summary.dropped_overlong += 1
-            summary.dropped_lines.append(source)
-            continue
-        rows.append(pair)
+        if admit(summary, source, pair.num_tokens, max_length=max_length, on_overlong=on_overlong, what="pair"):
+            rows.append(pair)
     summary.kept = len(rows)
     return PairSource(rows, processor, image_root=image_root, max_tiles=max_tiles), summary
 

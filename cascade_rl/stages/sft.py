@@ -28,6 +28,7 @@ from cascade_rl.data import DataError, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.models import EncodedChat, encode_chat, save_policy, tokenizer_of
 from cascade_rl.models.parts import merge_lora
+from cascade_rl.stages.lengths import admit
 from cascade_rl.stages.metrics import MetricsLog
 from cascade_rl.stages.train_state import load_train_state, save_train_state
 from cascade_rl.stages.training import (
@@ -110,17 +111,9 @@ def load_sft_examples(config: SFTConfig, processor) -> tuple[list[EncodedChat], 
             raise DataError(f"{source}: missing or empty 'response' (the SFT target); add it or drop the row")
         messages = row.to_messages(config.system_prompt) + [{"role": "assistant", "content": response}]
         chat = encode_chat(processor, messages, load_images(row, config.image_root), max_tiles=config.max_tiles)
-        if len(chat.input_ids) > config.max_length:
-            if config.on_overlong == "raise":
-                raise DataError(
-                    f"{source}: row is {len(chat.input_ids)} tokens, over max_length={config.max_length}; raise "
-                    "max_length, lower max_tiles, or set on_overlong=drop",
-                    reason="overlong",
-                )
-            summary.dropped_overlong += 1
-            summary.dropped_lines.append(source)
-            continue
-        examples.append(chat)
+        limits = {"max_length": config.max_length, "on_overlong": config.on_overlong, "what": "row"}
+        if admit(summary, source, len(chat.input_ids), **limits):
+            examples.append(chat)
     summary.kept = len(examples)
     return examples, summary
 
