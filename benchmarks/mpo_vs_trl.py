@@ -7,7 +7,8 @@ trains one epoch from the same checkpoint, in its own process (this script with 
 the two alternating for ``--rounds`` rounds; the median wall time per side is compared.
 
 - ours: ``run_mpo`` with ``reference="precomputed"``: one no-grad pass over the pairs (vision tower and prompt once
-  per pair, both completions scored from the prompt's cached keys/values), then training with the same sharing.
+  per pair, the prompt and both completions in one packed row under a block attention mask), then training with the
+  same sharing.
 - TRL 1.16: ``DPOTrainer`` with ``loss_type=["sigmoid", "bco_pair", "sft"]``, ``loss_weights=[0.8, 0.2, 1.0]``.
   TRL refuses ``precompute_ref_log_probs`` for vision datasets, so its reference model runs live, as it does for
   every vision-language user. It runs on the checkpoint and processor unchanged: no wrapper, no patch. The only
@@ -50,7 +51,8 @@ tower (patch embedding, encoder linear layers, attention over its 257 tokens) an
   ours = (3 + 1) · [V(tiles) + S(P) + 2 · S(C | P)]             policy fwd+bwd and the reference pass, each on the
                                                                 vision tower and prompt once and two completions
   ceiling = Σ TRL / Σ ours over the pairs; → 2 as P ≫ C. Outside the model: optimizer steps, data handling, each
-  model call's fixed overhead (ours makes two calls per pair and copies the prompt's keys/values for the second),
+  model call's fixed overhead (ours makes one call per pair; its dense block mask computes and discards the scores
+  between the two completions),
   and the per-MAC efficiency of differently shaped matrix products, which favours TRL's larger batches.
 
 Run: ``HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/mpo_vs_trl.py`` (CPU, offline; about 6 minutes on an idle

@@ -121,6 +121,81 @@ def shared_prompt_logps(
     return torch.cat([first, rest], dim=1) * mask, mask
 
 
+def packed_layout(prompt_len: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Layout of one packed row: the prompt, then each completion but its last token, side by side.
+
+    prompt_len: P; lengths: T_k ≥ 1 per completion. The row has L = P + Σ (T_k − 1) positions.
+    Returns (allowed [L, L] bool: query i may attend key j — the causal prompt, and each completion's own earlier
+    tokens plus the whole prompt, never another completion; position_ids [L]: completion k restarts at P, so its
+    rotary positions equal those of a plain prompt + completion row; reads: K tensors [T_k] of the positions
+    whose next-token distribution scores completion k's tokens — P − 1, then its own fed tokens).
+    """
+    segment = [torch.full((prompt_len,), -1)]
+    positions = [torch.arange(prompt_len)]
+    reads, start = [], prompt_len
+    for k, length in enumerate(lengths):
+        segment.append(torch.full((length - 1,), k))
+        positions.append(torch.arange(prompt_len, prompt_len + length - 1))
+        reads.append(torch.cat([torch.tensor([prompt_len - 1]), torch.arange(start, start + length - 1)]))
+        start += length - 1
+    segment, position_ids = torch.cat(segment), torch.cat(positions)
+    index = torch.arange(len(segment))
+    causal = index[None, :] <= index[:, None]
+    visible = (segment[None, :] == -1) | (segment[None, :] == segment[:, None])
+    return causal & visible, position_ids, reads
+
+
+def _backbone(model):
+    """The module that maps ids (+ pixels) to the decoder's last hidden state: InternVLModel, or a causal LM's
+    decoder; through a peft wrapper too."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+def packed_logps(
+    model,
+    prompt_ids: torch.Tensor,
+    completions: list[torch.Tensor],
+    *,
+    pixel_values: torch.Tensor | None = None,
+    vision_cache: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    pad_id: int = 0,
+    chunk_size: int = CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score K completions of one prompt in one forward over one packed row (see `packed_layout`).
+
+    Same arguments and result as `shared_prompt_logps`: (token_logps [K, T_max], mask [K, T_max]). The prompt and
+    its images are encoded once, as there, but without a key/value cache: one model call over
+    P + Σ (T_k − 1) tokens under a block attention mask, so no prompt keys/values are copied per completion and
+    the whole pair is one call. Suits few completions (a preference pair); the dense [L, L] mask grows with Σ T_k.
+    Needs an attention implementation that takes a 4-D mask (sdpa or eager, not flash-attention).
+    """
+    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    if impl.startswith("flash"):
+        raise ValueError(f"packed_logps needs a 4-D attention mask, which {impl} does not take; load with sdpa")
+    device = next(model.parameters()).device
+    allowed, position_ids, reads = packed_layout(len(prompt_ids), [len(c) for c in completions])
+    ids = torch.cat([prompt_ids] + [c[:-1] for c in completions])[None].to(device)
+    mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill_(~allowed, torch.finfo(model.dtype).min)
+    inputs = {"attention_mask": mask[None, None].to(device), "position_ids": position_ids[None].to(device)}
+    if vision_cache is not None:
+        inputs["inputs_embeds"] = embed_with_images(model, ids, vision_cache.to(device))
+    else:
+        inputs["input_ids"] = ids
+        if pixel_values is not None:
+            inputs["pixel_values"] = pixel_values.to(device, model.dtype)
+    hidden = _backbone(model)(**inputs, use_cache=False).last_hidden_state[0]  # [L, D]
+    read_ids, _ = pad_right(reads, 0)
+    targets, target_mask = pad_right(completions, pad_id)
+    rows = hidden[read_ids.to(device)]  # [K, T_max, D]
+    logps = chunked_head_logps(
+        model.get_output_embeddings(), rows, targets.to(device), temperature=temperature, chunk_size=chunk_size
+    )
+    target_mask = target_mask.to(device)
+    return logps * target_mask, target_mask
+
+
 def full_sequence_logps(
     model,
     prompt_ids: torch.Tensor,

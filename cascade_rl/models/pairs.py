@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from cascade_rl.models.chat import encode_prompt, expand_image_placeholders, render, tokenizer_of
-from cascade_rl.models.logprobs import shared_prompt_logps
+from cascade_rl.models.logprobs import packed_logps
 
 
 @dataclass
@@ -68,7 +68,8 @@ def pair_num_tokens(processor, messages, num_tiles: list[int], chosen: str, reje
 
 
 def pair_token_logps(model, pair: EncodedPair, *, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token_logps [2, T_max], mask [2, T_max]) for (chosen, rejected); vision and prompt encoded once."""
-    return shared_prompt_logps(
+    """(token_logps [2, T_max], mask [2, T_max]) for (chosen, rejected): vision and prompt encoded once, the pair
+    scored in one call over one packed row (`packed_logps`)."""
+    return packed_logps(
         model, pair.prompt_ids, [pair.chosen_ids, pair.rejected_ids], pixel_values=pair.pixel_values, pad_id=pad_id
     )

@@ -1,4 +1,7 @@
-"""Shared-prompt scoring equals independent full forwards: log-probs and gradients (fp32)."""
+"""Shared-prompt scoring equals independent full forwards: log-probs and gradients (fp32).
+
+Both scorers run every check: `shared_prompt_logps` (prompt keys/values cached and repeated per completion) and
+`packed_logps` (prompt and completions in one packed row under a block attention mask)."""
 
 import math
 
@@ -7,7 +10,7 @@ import torch
 from synthetic import shapes_image
 
 from cascade_rl.models import build_tiny_internvl, encode_prompt
-from cascade_rl.models.logprobs import full_sequence_logps, shared_prompt_logps
+from cascade_rl.models.logprobs import full_sequence_logps, packed_layout, packed_logps, shared_prompt_logps
 
 
 @pytest.fixture
@@ -22,13 +25,18 @@ def setup():
     return model, prompt, [chosen, rejected]
 
 
+@pytest.fixture(params=[shared_prompt_logps, packed_logps], ids=["kv_cache", "packed"])
+def score(request):
+    return request.param
+
+
 def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_log_probs_match_full_forwards(setup):
+def test_log_probs_match_full_forwards(setup, score):
     model, prompt, completions = setup
-    shared, mask = shared_prompt_logps(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values)
+    shared, mask = score(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values)
     assert mask.sum(1).tolist() == [len(c) for c in completions]
     for k, completion in enumerate(completions):
         full = full_sequence_logps(model, prompt.input_ids, completion, pixel_values=prompt.pixel_values)
@@ -36,11 +44,11 @@ def test_log_probs_match_full_forwards(setup):
         assert torch.all(shared[k, len(completion) :] == 0)
 
 
-def test_gradients_match_full_forwards(setup):
+def test_gradients_match_full_forwards(setup, score):
     model, prompt, completions = setup
     weights = [1.0, -0.7]  # a DPO-like signed combination of the two sequence log-probs
     model.zero_grad()
-    shared, _ = shared_prompt_logps(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values)
+    shared, _ = score(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values)
     (shared.sum(1) * torch.tensor(weights)).sum().backward()
     fast = grads(model)
     model.zero_grad()
@@ -55,19 +63,17 @@ def test_gradients_match_full_forwards(setup):
         torch.testing.assert_close(fast[name], slow[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_temperature_scales_logits(setup):
+def test_temperature_scales_logits(setup, score):
     model, prompt, completions = setup
     with torch.no_grad():
-        hot, _ = shared_prompt_logps(
-            model, prompt.input_ids, completions[:1], pixel_values=prompt.pixel_values, temperature=0.5
-        )
+        hot, _ = score(model, prompt.input_ids, completions[:1], pixel_values=prompt.pixel_values, temperature=0.5)
         ref = full_sequence_logps(
             model, prompt.input_ids, completions[0], pixel_values=prompt.pixel_values, temperature=0.5
         )
     torch.testing.assert_close(hot[0], ref, atol=1e-5, rtol=1e-5)
 
 
-def test_frozen_vision_cache_gives_equal_logps_and_grads(setup):
+def test_frozen_vision_cache_gives_equal_logps_and_grads(setup, score):
     from cascade_rl.models.parts import freeze_parts
     from cascade_rl.models.vision_cache import vision_features
 
@@ -77,11 +83,11 @@ def test_frozen_vision_cache_gives_equal_logps_and_grads(setup):
     assert cache.shape[:2] == (3, 16)  # 2 tiles + thumbnail, 16 tokens per tile
 
     model.zero_grad()
-    plain, _ = shared_prompt_logps(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values)
+    plain, _ = score(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values)
     plain.sum().backward()
     slow = grads(model)
     model.zero_grad()
-    fast, _ = shared_prompt_logps(model, prompt.input_ids, completions, vision_cache=cache)
+    fast, _ = score(model, prompt.input_ids, completions, vision_cache=cache)
     fast.sum().backward()
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-6)
     fast_grads = grads(model)
@@ -91,12 +97,12 @@ def test_frozen_vision_cache_gives_equal_logps_and_grads(setup):
         torch.testing.assert_close(fast_grads[name], slow[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_small_chunks_give_equal_logps_and_grads(setup):
+def test_small_chunks_give_equal_logps_and_grads(setup, score):
     model, prompt, completions = setup
     results = {}
     for size in (3, 10_000):  # 3 splits both completions into several chunks, one of them partial; 10k is one chunk
         model.zero_grad()
-        logps, _ = shared_prompt_logps(
+        logps, _ = score(
             model, prompt.input_ids, completions, pixel_values=prompt.pixel_values, temperature=0.7, chunk_size=size
         )
         (logps.sum(1) * torch.tensor([1.0, -0.7])).sum().backward()
@@ -109,7 +115,7 @@ def test_small_chunks_give_equal_logps_and_grads(setup):
         torch.testing.assert_close(small_grads[name], whole_grads[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_autograd_saves_no_full_vocabulary_logits(setup):
+def test_autograd_saves_no_full_vocabulary_logits(setup, score):
     model, prompt, completions = setup
     vocab, k, chunk = model.get_output_embeddings().weight.shape[0], len(completions), 4
     assert max(len(c) for c in completions) > chunk + 1
@@ -120,11 +126,61 @@ def test_autograd_saves_no_full_vocabulary_logits(setup):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logps, _ = shared_prompt_logps(
-            model, prompt.input_ids, completions, pixel_values=prompt.pixel_values, chunk_size=chunk
-        )
+        logps, _ = score(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values, chunk_size=chunk)
     logps.sum().backward()
     # Unchunked, autograd would keep [K, T, V] logits and their log_softmax; now only the prompt pass's first-token
     # [K, V] rows may be kept (chunks save their [K, chunk, D] hidden input and recompute their logits).
     kept = [s for s in saved if s[0] == k and s[-1] == vocab and math.prod(s[1:-1]) > 1]
     assert not kept, kept
+
+
+def test_packed_layout_by_hand():
+    # Prompt of 3 tokens, completions of 2 and 3 tokens. A completion's last token is not fed (it predicts nothing
+    # scored), so the row is p0 p1 p2 | a0 | b0 b1: L = 3 + 1 + 2 = 6. a0 and b0 both sit at position 3, b1 at 4.
+    allowed, positions, reads = packed_layout(3, [2, 3])
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0],  # p0: causal prompt
+            [1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0],  # a0: the prompt and itself
+            [1, 1, 1, 0, 1, 0],  # b0: the prompt and itself, never a0
+            [1, 1, 1, 0, 1, 1],  # b1: the prompt, b0 and itself
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(allowed, expected)
+    assert positions.tolist() == [0, 1, 2, 3, 3, 4]
+    # a0 is predicted at p2 (index 2), a1 at a0 (index 3); b0 at p2, b1 at b0 (4), b2 at b1 (5).
+    assert [r.tolist() for r in reads] == [[2, 3], [2, 4, 5]]
+
+
+def test_packed_scoring_refuses_flash_attention(setup):
+    model, prompt, completions = setup
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="sdpa"):
+        packed_logps(model, prompt.input_ids, completions, pixel_values=prompt.pixel_values)
+
+
+def test_packed_scoring_of_a_text_only_causal_lm():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = Qwen2ForCausalLM(config).eval()
+    prompt = torch.randint(0, 50, (7,))
+    completions = [torch.randint(0, 50, (n,)) for n in (4, 1, 6)]
+    with torch.no_grad():
+        packed, mask = packed_logps(model, prompt, completions)
+        for k, completion in enumerate(completions):
+            full = full_sequence_logps(model, prompt, completion)
+            torch.testing.assert_close(packed[k, : len(completion)], full, atol=1e-5, rtol=1e-5)
+    assert mask.sum(1).tolist() == [4, 1, 6]
