@@ -2,7 +2,9 @@
 
 Every request has a timeout; connection failures, timeouts and 502/503/504 answers are retried with exponential
 backoff; when the tries run out, `EngineUnavailable` names the URL, the endpoint and the training step. Weights go
-to the server after each optimizer step as safetensors bytes over HTTP (trainable parameters only).
+to the server after each optimizer step (trainable parameters only): as safetensors bytes over HTTP
+(`weight_transport="http"`, the default), or over a two-member process group with the server
+(`"nccl"` between GPUs, `"gloo"` on CPUs; `cascade_rl.rollout.collective`), the metadata still over HTTP.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import json
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
+from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES, WeightGroup, spec_of
 from cascade_rl.rollout.wire import request_to_json, rollout_from_json, sampling_to_json, weights_to_bytes
 
 RETRYABLE_STATUS = (502, 503, 504)
@@ -23,9 +27,29 @@ class EngineUnavailable(RuntimeError):
 
 
 class ServerEngine:
-    def __init__(self, url: str, *, timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 1.0):
+    """A rollout server as an engine. weight_transport: "http", "nccl" or "gloo"; group_host: this trainer's
+    address as the server sees it (the server connects to the group's store there), group_port: 0 picks a free one.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 600.0,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+        weight_transport: str = "http",
+        group_host: str = "127.0.0.1",
+        group_port: int = 0,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ):
+        if weight_transport not in ("http", "nccl", "gloo"):
+            raise ValueError(f"weight_transport must be http, nccl or gloo, got {weight_transport!r}")
         self.url = url.rstrip("/")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.weight_transport, self.group_host, self.group_port = weight_transport, group_host, group_port
+        self.bucket_bytes = bucket_bytes
+        self.group: WeightGroup | None = None
         self.step: int | None = None  # set by the trainer, so errors can say when they happened
         self.weights_version = 0
 
@@ -50,8 +74,60 @@ class ServerEngine:
 
     def update_weights(self, model) -> None:
         self.weights_version += 1
+        if self.weight_transport != "http":
+            return self._push_over_group(model)
         headers = {"X-Weights-Version": str(self.weights_version), "Content-Type": "application/octet-stream"}
         self._call("POST", "/weights", weights_to_bytes(model), timeout=self.timeout_s, headers=headers)
+
+    def _push_over_group(self, model) -> None:
+        """Announce the tensors over HTTP, broadcast them over the group, then wait for the server to apply them."""
+        if self.group is None:
+            self._open_group()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        specs = [spec_of(n, p) for n, p in named]
+        body = {
+            "version": self.weights_version,
+            "specs": [s.to_json() for s in specs],
+            "bucket_bytes": self.bucket_bytes,
+        }
+        self._post_json("/weights/group/update", body)
+        try:
+            self.group.send(named, specs, self.bucket_bytes)
+        except RuntimeError as err:
+            self.group = None  # its state is unknown now: the next push forms a new group
+            raise EngineUnavailable(
+                self._where("/weights/group/update")
+                + f": the {self.weight_transport} transfer failed ({err}; timeout {self.timeout_s:g} s)"
+            ) from err
+        self._post_json("/weights/group/wait", {})
+
+    def _open_group(self) -> None:
+        """Host the group's store here, ask the server to join, and connect (both block until the other is in)."""
+        self.health()  # fail fast, with the URL, if the server is not there at all
+        group = WeightGroup(self.weight_transport, self.group_host, self.group_port, 0, timeout_s=self.timeout_s)
+        body = {
+            "backend": self.weight_transport,
+            "host": self.group_host,
+            "port": group.port,
+            "timeout_s": self.timeout_s,
+        }
+        with ThreadPoolExecutor(1) as pool:
+            joined = pool.submit(self._post_json, "/weights/group", body)
+            try:
+                group.connect()
+            except RuntimeError as err:
+                if joined.done() and joined.exception():
+                    raise joined.exception() from err
+                raise EngineUnavailable(
+                    self._where("/weights/group") + f": could not form the {self.weight_transport} group with the "
+                    f"server through {self.group_host}:{group.port} ({err}); can the server reach that address?"
+                ) from err
+            joined.result()
+        self.group = group
+
+    def _post_json(self, endpoint: str, body: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        return self._call("POST", endpoint, json.dumps(body).encode(), timeout=self.timeout_s, headers=headers)
 
     def close(self) -> None:
         pass

@@ -67,9 +67,13 @@ class VLLMEngine:
 
     def update_weights(self, model) -> None:
         """Load the trainer's weights (Hugging Face names; vLLM maps them) into the in-process engine."""
+        self.load_weights((n, p.detach()) for n, p in model.state_dict().items())
+
+    def load_weights(self, named) -> None:
+        """Load (Hugging Face name, tensor) pairs as they come, e.g. buckets arriving over a weight group."""
         self._wake()
         worker_model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        worker_model.load_weights(weights=((n, p.detach()) for n, p in model.state_dict().items()))
+        worker_model.load_weights(weights=named)
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
         self._sleep()
 

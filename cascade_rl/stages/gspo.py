@@ -48,6 +48,9 @@ class GSPOConfig:
     server_url: str = "http://127.0.0.1:8000"
     server_timeout_s: float = 600.0
     server_retries: int = 3
+    weight_transport: str = "http"  # "nccl" (GPU trainer and server) or "gloo" push weights over a process group
+    weight_group_host: str = "127.0.0.1"  # this trainer's address as the rollout server sees it
+    weight_group_port: int = 0  # 0: a free port
     rollout_n: int = 16
     prompts_per_step: int = 8
     mini_batch_prompts: int = 4
@@ -97,6 +100,8 @@ class GSPOConfig:
             raise ValueError("mini_batch_prompts cannot exceed prompts_per_step")
         if self.engine not in ("hf", "vllm", "server"):
             raise ValueError(f"engine must be 'hf', 'vllm' or 'server', got {self.engine!r}")
+        if self.weight_transport not in ("http", "nccl", "gloo"):
+            raise ValueError(f"weight_transport must be 'http', 'nccl' or 'gloo', got {self.weight_transport!r}")
         if self.is_correction not in ("none", "sequence"):
             raise ValueError(f"is_correction must be 'none' or 'sequence', got {self.is_correction!r}")
         if self.lr_schedule not in SCHEDULES:
@@ -150,7 +155,14 @@ class GSPOTrainer:
             from cascade_rl.rollout.client import ServerEngine
 
             c = self.config
-            engine = ServerEngine(c.server_url, timeout_s=c.server_timeout_s, retries=c.server_retries)
+            engine = ServerEngine(
+                c.server_url,
+                timeout_s=c.server_timeout_s,
+                retries=c.server_retries,
+                weight_transport=c.weight_transport,
+                group_host=c.weight_group_host,
+                group_port=c.weight_group_port,
+            )
             engine.wait_until_ready()
             return engine
         if self.config.engine == "vllm":

@@ -41,18 +41,43 @@ def test_generate_over_http_equals_the_local_engine(served):
     torch.testing.assert_close(torch.tensor(remote[0].logprobs), torch.tensor(local[0].logprobs))
 
 
-def test_weight_push_reaches_the_server(served):
+@pytest.mark.parametrize("transport", ["http", "gloo"])
+def test_weight_pushes_reach_the_server(served, transport):
     server, _ = served
-    trainer_model, _ = build_tiny_internvl("tiny", seed=1)  # different weights, same architecture
-    trainer_model.model.vision_tower.requires_grad_(False)  # frozen parts are not sent
     before = {n: p.detach().clone() for n, p in server.model.named_parameters()}
-    client = ServerEngine(server.url)
-    client.update_weights(trainer_model)
-    assert client.health()["weights_version"] == 1
-    served_params = dict(server.model.named_parameters())
-    for name, param in trainer_model.named_parameters():
-        expected = param if param.requires_grad else before[name]
-        assert torch.equal(served_params[name], expected), name
+    client = ServerEngine(server.url, weight_transport=transport, timeout_s=30, bucket_bytes=64 * 1024)
+    for version, seed in ((1, 1), (2, 2)):  # the second push reuses the group (gloo) and overwrites the first
+        trainer_model, _ = build_tiny_internvl("tiny", seed=seed)  # different weights, same architecture
+        trainer_model.model.vision_tower.requires_grad_(False)  # frozen parts are not sent
+        client.update_weights(trainer_model)
+        assert client.health()["weights_version"] == version
+        served_params = dict(server.model.named_parameters())
+        for name, param in trainer_model.named_parameters():
+            expected = param if param.requires_grad else before[name]
+            assert torch.equal(served_params[name], expected), name
+
+
+def test_group_push_of_unknown_parameters_fails_at_once(served):
+    server, _ = served
+    client = ServerEngine(server.url, weight_transport="gloo", timeout_s=30, retries=1)
+    stranger = torch.nn.Linear(2, 2)
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable, match=r"/weights/group/update.*unknown parameters \['bias', 'weight'\]"):
+        client.update_weights(stranger)
+    assert time.monotonic() - started < 10  # the names are checked before any tensor is sent, not after a timeout
+
+
+def test_group_push_to_a_server_that_stops_receiving_names_url_and_step(served, monkeypatch):
+    server, _ = served
+    client = ServerEngine(server.url, weight_transport="gloo", timeout_s=3, retries=1)
+    trainer_model, _ = build_tiny_internvl("tiny", seed=1)
+    client.update_weights(trainer_model)  # the group forms and one push succeeds
+    monkeypatch.setattr(server, "start_group_update", lambda body: {"status": "receiving"})  # then it never receives
+    client.step = 7
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable, match=rf"rollout server {server.url}/weights/group/\w+ at training step 7"):
+        client.update_weights(trainer_model)
+    assert time.monotonic() - started < 20
 
 
 def free_port() -> int:
