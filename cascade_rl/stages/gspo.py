@@ -30,7 +30,7 @@ from cascade_rl.stages.groups import Group, compute_old_logps, make_group
 from cascade_rl.stages.metrics import MetricsLog
 from cascade_rl.stages.scoring import CorrectRule, RewardSpec, check_rules
 from cascade_rl.stages.train_state import load_train_state, save_train_state
-from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule
+from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule, start_trackers
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class GSPOTrainer:
     def __init__(self, config: GSPOConfig, engine=None):
         self.config = config
         self.out = Path(config.out_dir)
-        self.accelerator = make_accelerator(config.mixed_precision, config.log_with)
+        self.accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
         torch.manual_seed(config.seed)
         self.model, self.processor = load_policy(config.model_path)
         freeze_parts(self.model, vision=config.freeze_vision)
@@ -305,8 +305,7 @@ class GSPOTrainer:
         dump_yaml(c, self.out / "gspo_config.yaml")
         start, cursor = self._resume()
         log = MetricsLog(self.out / "metrics.jsonl", acc)
-        if c.log_with:
-            acc.init_trackers("cascade_rl_gspo", config={"lr": c.lr, "rollout_n": c.rollout_n})
+        start_trackers(acc, "cascade_rl_gspo", self.out, {"lr": c.lr, "rollout_n": c.rollout_n})
         for step in tqdm(range(start, self.total), desc="gspo", unit="step"):
             groups, metrics, cursor = self.collect(step, cursor)
             if not groups:

@@ -36,6 +36,7 @@ from cascade_rl.stages.training import (
     make_schedule,
     micro_batch,
     prepare_policy,
+    start_trackers,
 )
 
 
@@ -137,7 +138,7 @@ def reference_logps(
 def run_mpo(config: MPOConfig) -> dict:
     """Train with MPO; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format)."""
     out = Path(config.out_dir)
-    accelerator = make_accelerator(config.mixed_precision, config.log_with)
+    accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -174,8 +175,7 @@ def run_mpo(config: MPOConfig) -> dict:
     if resumed is not None:
         start, extra = resumed
         running.load_state_dict(extra["delta"])
-    if accelerator.is_main_process and config.log_with:
-        accelerator.init_trackers("cascade_rl_mpo", config={"lr": config.lr, "beta": config.beta})
+    start_trackers(accelerator, "cascade_rl_mpo", out, {"lr": config.lr, "beta": config.beta})
     log = MetricsLog(out / "metrics.jsonl", accelerator)
     step_fn = _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps, live_ref, accelerator)
     bar = tqdm(range(start, total), desc="mpo", unit="step", disable=not accelerator.is_main_process)

@@ -38,6 +38,7 @@ from cascade_rl.stages.training import (
     make_schedule,
     micro_batch,
     prepare_policy,
+    start_trackers,
 )
 
 
@@ -159,7 +160,7 @@ def trained_tokens(chats: list[EncodedChat]) -> int:
 def run_sft(config: SFTConfig) -> dict:
     """Fine-tune; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format) and summary.json."""
     out = Path(config.out_dir)
-    accelerator = make_accelerator(config.mixed_precision, config.log_with)
+    accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -185,8 +186,7 @@ def run_sft(config: SFTConfig) -> dict:
     resumed = load_train_state(out / "state", model=model, optimizer=optimizer, scheduler=scheduler)
     if resumed is not None:
         start = resumed[0]
-    if accelerator.is_main_process and config.log_with:
-        accelerator.init_trackers("cascade_rl_sft", config={"lr": config.lr, "global_batch": global_batch})
+    start_trackers(accelerator, "cascade_rl_sft", out, {"lr": config.lr, "global_batch": global_batch})
     log = MetricsLog(out / "metrics.jsonl", accelerator)
     bar = tqdm(range(start, total), desc="sft", unit="step", disable=not accelerator.is_main_process)
     last = {}

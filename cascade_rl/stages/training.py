@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -14,11 +15,31 @@ from cascade_rl.models.parts import add_lora, freeze_parts
 SCHEDULES = ("cosine", "constant")
 
 
-def make_accelerator(mixed_precision: str = "auto", log_with: list[str] | None = None) -> Accelerator:
-    """CPU (gloo when launched with several processes) or GPU; "auto" precision is bf16 on GPU, fp32 on CPU."""
+def make_accelerator(mixed_precision: str = "auto", log_with: list[str] | None = None, out_dir=None) -> Accelerator:
+    """CPU (gloo when launched with several processes) or GPU; "auto" precision is bf16 on GPU, fp32 on CPU.
+    Trackers named in `log_with` ("tensorboard", "wandb") write under `out_dir/trackers`."""
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, log_with=log_with or None)
+    project_dir = str(tracker_dir(out_dir)) if log_with and out_dir is not None else None
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=mixed_precision,
+        log_with=log_with or None,
+        project_dir=project_dir,
+    )
+
+
+def tracker_dir(out_dir) -> Path:
+    return Path(out_dir) / "trackers"
+
+
+def start_trackers(accelerator: Accelerator, project: str, out_dir, config: dict) -> None:
+    """Open the accelerator's trackers (main process only): TensorBoard events in `out_dir/trackers/<project>`,
+    W&B run files in `out_dir/trackers/wandb` (WANDB_MODE=offline keeps them on this machine for `wandb sync`)."""
+    if not accelerator.log_with:
+        return
+    tracker_dir(out_dir).mkdir(parents=True, exist_ok=True)
+    accelerator.init_trackers(project, config=config, init_kwargs={"wandb": {"dir": str(tracker_dir(out_dir))}})
 
 
 def make_schedule(name: str, optimizer, *, warmup_ratio: float, total_steps: int):

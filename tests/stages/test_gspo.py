@@ -3,6 +3,7 @@
 import pytest
 import torch
 from stages.conftest import write_prompts
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cascade_rl.config import ConfigError, load_config
 from cascade_rl.models import load_policy
@@ -37,9 +38,14 @@ def config(tiny_checkpoint, tmp_path, **kw):
 
 def test_one_step_updates_the_policy_and_logs_the_metrics(tiny_checkpoint, tmp_path):
     with pytest.warns(UserWarning, match="clip"):
-        cfg = config(tiny_checkpoint, tmp_path, max_steps=1)
+        cfg = config(tiny_checkpoint, tmp_path, max_steps=1, log_with=["tensorboard"])
     summary = run_gspo(cfg)
     (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    board = EventAccumulator(str(tmp_path / "run" / "trackers" / "cascade_rl_gspo"))
+    board.Reload()
+    for key in ("reward_mean", "clip_fraction", "logprob_gap_engine_vs_trainer", "lr"):
+        ((event,),) = [board.Scalars(key)]
+        assert event.step == 1 and event.value == pytest.approx(row[key], rel=1e-6), key
     for key in (
         "reward_mean",
         "reward_std",
@@ -118,7 +124,8 @@ def test_gspo_refuses_token_sum_with_the_reason(tmp_path):
         load_config(GSPOConfig, {"model_path": "m", "prompts": "p", "rollout_n": 1})
 
 
-def test_dedicated_server_mode_pushes_weights_every_step(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("transport", ["http", "gloo"])
+def test_dedicated_server_mode_pushes_weights_every_step(tiny_checkpoint, tmp_path, transport):
     from cascade_rl.rollout import HFEngine
     from cascade_rl.rollout.server import RolloutServer
 
@@ -126,7 +133,10 @@ def test_dedicated_server_mode_pushes_weights_every_step(tiny_checkpoint, tmp_pa
     server = RolloutServer(HFEngine(served_model.eval(), processor, max_tiles=4), served_model, port=0)
     server.start_in_thread()
     try:
-        summary = run_gspo(config(tiny_checkpoint, tmp_path, max_steps=2, engine="server", server_url=server.url))
+        cfg = config(
+            tiny_checkpoint, tmp_path, max_steps=2, engine="server", server_url=server.url, weight_transport=transport
+        )
+        summary = run_gspo(cfg)
     finally:
         server.shutdown()
     assert server.weights_version == 2

@@ -240,3 +240,23 @@ def test_image_problems_are_found_at_load_time_and_changes_at_encode_time(tiny_c
     shapes_image(64, 64).save(images / "img3.png")  # was 128×64 (3 tiles) when measured
     with pytest.raises(DataError, match=r"pairs.jsonl line 4: pair encodes to \d+ tokens but measured \d+"):
         source.encode(3)
+
+
+def test_metrics_reach_tensorboard_and_offline_wandb(tiny_checkpoint, pairs_file, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # offline-capable: nothing leaves the machine
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    run_mpo(config(tiny_checkpoint, pairs_file, out, max_steps=2, log_with=["tensorboard", "wandb"]))
+    logged = read_metrics(out / "metrics.jsonl")
+    events = list((out / "trackers" / "cascade_rl_mpo").glob("events.out.tfevents.*"))  # hparams go one level down
+    assert len(events) == 1, events
+    board = EventAccumulator(str(events[0].parent))
+    board.Reload()
+    for key in ("loss", "dpo_loss", "bco_loss", "lm_loss", "delta", "lr", "grad_norm"):
+        steps = [(e.step, e.value) for e in board.Scalars(key)]
+        assert [s for s, _ in steps] == [1, 2], key
+        assert [v for _, v in steps] == pytest.approx([row[key] for row in logged], rel=1e-6), key
+    offline_runs = list((out / "trackers").rglob("offline-run-*"))
+    assert offline_runs and any(offline_runs[0].rglob("*.wandb")), offline_runs
