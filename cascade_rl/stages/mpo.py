@@ -31,6 +31,7 @@ from cascade_rl.stages.reference import cached_reference_logps
 from cascade_rl.stages.train_state import load_train_state, save_train_state
 from cascade_rl.stages.training import (
     SCHEDULES,
+    configure_deepspeed,
     global_order,
     make_accelerator,
     make_schedule,
@@ -139,6 +140,7 @@ def run_mpo(config: MPOConfig) -> dict:
     """Train with MPO; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format)."""
     out = Path(config.out_dir)
     accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
+    configure_deepspeed(accelerator, config)  # refuses unsupported DeepSpeed settings before any work
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -76,3 +76,43 @@ def prepare_policy(config):
     if config.lora_rank:
         model = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha)
     return model.train(), processor, counts
+
+
+def deepspeed_fields(ds_config: dict, config) -> dict:
+    """The DeepSpeed config fields a trainer run fixes, checked against `ds_config` (accelerate's resolved dict).
+
+    config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm, save_steps). Refuses, with the
+    reason and the way out, what the trainers do not support under DeepSpeed: ZeRO-3 (checkpoints and resume state
+    are written from rank 0's unpartitioned parameters), grad_accum > 1 (the trainers accumulate themselves, while
+    the DeepSpeed engine steps at its own boundaries) and save_steps (the resume state would hold rank 0's optimizer
+    partition only). Returns {train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping}.
+    """
+    problems = []
+    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
+        problems.append("ZeRO-3 (use recipes/deepspeed/zero2.json)")
+    if config.grad_accum != 1:
+        problems.append(f"grad_accum={config.grad_accum} (set grad_accum=1; raise per_device_batch or the GPU count)")
+    if config.save_steps:
+        problems.append(f"save_steps={config.save_steps} (set save_steps=0)")
+    if problems:
+        raise ValueError("under DeepSpeed the trainers do not yet support: " + "; ".join(problems))
+    fields = {
+        "train_micro_batch_size_per_gpu": config.per_device_batch,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": config.max_grad_norm,
+    }
+    for key, value in fields.items():
+        given = ds_config.get(key, "auto")
+        if given not in ("auto", value):
+            raise ValueError(
+                f"the DeepSpeed config sets {key}={given!r}, the trainer config {value!r}: set it to auto"
+            )
+    return fields
+
+
+def configure_deepspeed(accelerator: Accelerator, config) -> None:
+    """Under `accelerate launch` with a DeepSpeed config, write `deepspeed_fields` into it (before `prepare`);
+    a no-op otherwise. Not yet run on a GPU (README support table)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        plugin.deepspeed_config.update(deepspeed_fields(plugin.deepspeed_config, config))
