@@ -28,7 +28,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.engine == "vllm":
         from cascade_rl.rollout.vllm import VLLMEngine
 
-        engine = VLLMEngine(args.model, processor, max_tiles=args.max_tiles)
+        engine = VLLMEngine(
+            args.model, processor, max_tiles=args.max_tiles, gpu_memory_utilization=args.gpu_memory_utilization
+        )
     else:
         from cascade_rl.rollout import HFEngine
 
@@ -153,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
     serve.add_argument("--max-tiles", type=int, default=12)
     serve.add_argument("--batch-size", type=int, default=16, help="sequences per generate batch (hf engine)")
+    serve.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU vLLM may take (vllm engine)"
+    )
     serve.set_defaults(func=_serve)
     for name, (module_name, config_name, run_name, help_text) in STAGES.items():
         stage = sub.add_parser(name, help=help_text)
