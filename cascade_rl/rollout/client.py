@@ -4,7 +4,8 @@ Every request has a timeout; connection failures, timeouts and 502/503/504 answe
 backoff; when the tries run out, `EngineUnavailable` names the URL, the endpoint and the training step. Weights go
 to the server after each optimizer step (trainable parameters only): as safetensors bytes over HTTP
 (`weight_transport="http"`, the default), or over a two-member process group with the server
-(`"nccl"` between GPUs, `"gloo"` on CPUs; `cascade_rl.rollout.collective`), the metadata still over HTTP.
+(`"nccl"` between GPUs, `"gloo"` on CPUs; `cascade_rl.rollout.collective`), the metadata still over HTTP; a
+transfer that breaks off or times out is retried through a newly formed group.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class EngineUnavailable(RuntimeError):
     """The rollout server could not be reached or did not answer in time."""
 
 
+class TransferFailed(EngineUnavailable):
+    """A weight transfer over the process group broke off or timed out."""
+
+
 class ServerEngine:
     """A rollout server as an engine. weight_transport: "http", "nccl" or "gloo"; group_host: this trainer's
     address as the server sees it (the server connects to the group's store there), group_port: 0 picks a free one.
@@ -45,6 +50,8 @@ class ServerEngine:
     ):
         if weight_transport not in ("http", "nccl", "gloo"):
             raise ValueError(f"weight_transport must be http, nccl or gloo, got {weight_transport!r}")
+        if retries < 1:
+            raise ValueError(f"retries counts tries and must be at least 1, got {retries}")
         self.url = url.rstrip("/")
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.weight_transport, self.group_host, self.group_port = weight_transport, group_host, group_port
@@ -80,6 +87,18 @@ class ServerEngine:
         self._call("POST", "/weights", weights_to_bytes(model), timeout=self.timeout_s, headers=headers)
 
     def _push_over_group(self, model) -> None:
+        """Push over the group; a failed transfer re-forms the group and tries again, with backoff, `retries` times."""
+        for attempt in range(self.retries):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                return self._push_once(model)
+            except TransferFailed as err:
+                self.group = None  # its state is unknown now: the next try forms a new one
+                last = err
+        raise TransferFailed(f"{last} (after {self.retries} tries)")
+
+    def _push_once(self, model) -> None:
         """Announce the tensors over HTTP, broadcast them over the group, then wait for the server to apply them."""
         if self.group is None:
             self._open_group()
@@ -94,8 +113,7 @@ class ServerEngine:
         try:
             self.group.send(named, specs, self.bucket_bytes)
         except RuntimeError as err:
-            self.group = None  # its state is unknown now: the next push forms a new group
-            raise EngineUnavailable(
+            raise TransferFailed(
                 self._where("/weights/group/update")
                 + f": the {self.weight_transport} transfer failed ({err}; timeout {self.timeout_s:g} s)"
             ) from err

@@ -69,15 +69,36 @@ def test_group_push_of_unknown_parameters_fails_at_once(served):
 
 def test_group_push_to_a_server_that_stops_receiving_names_url_and_step(served, monkeypatch):
     server, _ = served
-    client = ServerEngine(server.url, weight_transport="gloo", timeout_s=3, retries=1)
+    client = ServerEngine(server.url, weight_transport="gloo", timeout_s=2, retries=2, backoff_s=0.01)
     trainer_model, _ = build_tiny_internvl("tiny", seed=1)
     client.update_weights(trainer_model)  # the group forms and one push succeeds
     monkeypatch.setattr(server, "start_group_update", lambda body: {"status": "receiving"})  # then it never receives
     client.step = 7
     started = time.monotonic()
-    with pytest.raises(EngineUnavailable, match=rf"rollout server {server.url}/weights/group/\w+ at training step 7"):
+    with pytest.raises(
+        EngineUnavailable, match=rf"rollout server {server.url}/weights/group/update at training step 7"
+    ):
         client.update_weights(trainer_model)
-    assert time.monotonic() - started < 20
+    elapsed = time.monotonic() - started
+    assert 2 * 2 <= elapsed < 20  # two tries, each ending at the 2 s transfer timeout
+
+
+def test_a_group_push_retried_after_a_failed_transfer_lands(served, monkeypatch):
+    server, _ = served
+    client = ServerEngine(server.url, weight_transport="gloo", timeout_s=2, retries=2, backoff_s=0.01)
+    real_start = server.start_group_update
+    calls = []
+
+    def fail_once(body):  # the first announced transfer is never received; the retry goes through a new group
+        calls.append(body["version"])
+        return {"status": "receiving"} if len(calls) == 1 else real_start(body)
+
+    monkeypatch.setattr(server, "start_group_update", fail_once)
+    trainer_model, _ = build_tiny_internvl("tiny", seed=1)
+    client.update_weights(trainer_model)
+    assert calls == [1, 1] and client.health()["weights_version"] == 1
+    served_params = dict(server.model.named_parameters())
+    assert all(torch.equal(served_params[n], p) for n, p in trainer_model.named_parameters())
 
 
 def free_port() -> int:
