@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,8 +138,8 @@ def reference_logps(
 def run_mpo(config: MPOConfig) -> dict:
     """Train with MPO; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format)."""
     out = Path(config.out_dir)
-    accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
-    configure_deepspeed(accelerator, config)  # refuses unsupported DeepSpeed settings before any work
+    accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir, config.grad_accum)
+    configure_deepspeed(accelerator, config)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -203,10 +202,9 @@ def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps,
 
     def step(pairs: PairSource, micro_batches):
         started, tokens, sums = time.time(), 0, {}
-        for m, idx in enumerate(micro_batches):
+        for idx in micro_batches:
             batch = [pairs.encode(i) for i in idx]  # images loaded and tiled now, freed after the micro-step
-            sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(scorer)
-            with sync:
+            with accelerator.accumulate(scorer):  # syncs (DDP) or steps (DeepSpeed) on the last micro-step
                 chosen, rejected, token_logps, mask = scorer(batch)
                 ref_chosen, ref_rejected = (t.to(chosen.device) for t in reference(batch, idx))
                 loss, metrics = mpo_loss(
@@ -220,7 +218,7 @@ def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps,
                     beta=config.beta,
                     weights=tuple(config.loss_weights),
                 )
-                accelerator.backward(loss / len(micro_batches))
+                accelerator.backward(loss)  # divided by grad_accum there
             tokens += sum(p.num_tokens for p in batch)
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0) + value / len(micro_batches)

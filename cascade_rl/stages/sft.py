@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,8 +160,8 @@ def trained_tokens(chats: list[EncodedChat]) -> int:
 def run_sft(config: SFTConfig) -> dict:
     """Fine-tune; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format) and summary.json."""
     out = Path(config.out_dir)
-    accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
-    configure_deepspeed(accelerator, config)  # refuses unsupported DeepSpeed settings before any work
+    accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir, config.grad_accum)
+    configure_deepspeed(accelerator, config)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -221,13 +220,13 @@ def _train_step(
     the step's global token count and multiplied by the number of processes (DDP averages gradients over ranks),
     so the accumulated gradient is that of the global token mean."""
     started, nll_sum, hits_sum, tokens = time.time(), torch.zeros(()), torch.zeros(()), 0
-    for m, idx in enumerate(micro_batches):
+    for idx in micro_batches:
         chats = [examples[i] for i in idx]
         batch = {k: v.to(accelerator.device) for k, v in collate(chats, pad_id).items()}
-        sync = nullcontext() if m == len(micro_batches) - 1 else accelerator.no_sync(model)
-        with sync:
+        with accelerator.accumulate(model):  # syncs (DDP) or steps (DeepSpeed) on the last micro-step
             nll, hits = summed_token_loss(model, batch, dtype)
-            accelerator.backward(nll * accelerator.num_processes / n_global)
+            # backward divides by grad_accum; DDP averages over ranks: undo both, leaving Σ nll / n_global
+            accelerator.backward(nll * accelerator.num_processes * len(micro_batches) / n_global)
         nll_sum += nll.detach().cpu()
         hits_sum += hits.cpu()
         tokens += int(batch["attention_mask"].sum())

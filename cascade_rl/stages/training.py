@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, InitProcessGroupKwargs
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from cascade_rl.models import load_policy
@@ -15,17 +16,27 @@ from cascade_rl.models.parts import add_lora, freeze_parts
 SCHEDULES = ("cosine", "constant")
 
 
-def make_accelerator(mixed_precision: str = "auto", log_with: list[str] | None = None, out_dir=None) -> Accelerator:
+def make_accelerator(
+    mixed_precision: str = "auto", log_with: list[str] | None = None, out_dir=None, grad_accum: int = 1
+) -> Accelerator:
     """CPU (gloo when launched with several processes) or GPU; "auto" precision is bf16 on GPU, fp32 on CPU.
+    Under `accelerate launch` with a DeepSpeed config, DeepSpeed runs on the GPUs, or on the CPU over gloo.
+    `grad_accum` micro-steps per optimizer step: run each under `accelerator.accumulate(model)` and pass
+    `accelerator.backward` the micro-batch loss; it (or DeepSpeed) divides by `grad_accum`, and gradients are
+    synchronised (DDP) or the DeepSpeed engine steps on the last micro-step only.
     Trackers named in `log_with` ("tensorboard", "wandb") write under `out_dir/trackers`."""
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
     project_dir = str(tracker_dir(out_dir)) if log_with and out_dir is not None else None
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
+    cpu = not torch.cuda.is_available()
     return Accelerator(
-        cpu=not torch.cuda.is_available(),
+        cpu=cpu and not deepspeed,  # accelerate takes DeepSpeed only without cpu=True; it is told gloo instead
         mixed_precision=mixed_precision,
         log_with=log_with or None,
         project_dir=project_dir,
+        gradient_accumulation_steps=grad_accum,
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu and deepspeed else None,
     )
 
 
@@ -78,27 +89,27 @@ def prepare_policy(config):
     return model.train(), processor, counts
 
 
-def deepspeed_fields(ds_config: dict, config) -> dict:
+def deepspeed_fields(ds_config: dict, config, world: int) -> dict:
     """The DeepSpeed config fields a trainer run fixes, checked against `ds_config` (accelerate's resolved dict).
 
-    config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm, save_steps). Refuses, with the
-    reason and the way out, what the trainers do not support under DeepSpeed: ZeRO-3 (checkpoints and resume state
-    are written from rank 0's unpartitioned parameters), grad_accum > 1 (the trainers accumulate themselves, while
-    the DeepSpeed engine steps at its own boundaries) and save_steps (the resume state would hold rank 0's optimizer
-    partition only). Returns {train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping}.
+    config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm, save_steps); world: processes.
+    Returns {train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping}; a
+    value the DeepSpeed config sets otherwise (not "auto") is refused with both values named. Refused as well, with
+    the way out: ZeRO-3 (transformers then loads the policy partitioned, while the trainers count, freeze, score the
+    reference pass on rank 0 and save from unpartitioned parameters) and save_steps (the resume state holds rank 0's
+    optimizer, which ZeRO partitions).
     """
     problems = []
     if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
         problems.append("ZeRO-3 (use recipes/deepspeed/zero2.json)")
-    if config.grad_accum != 1:
-        problems.append(f"grad_accum={config.grad_accum} (set grad_accum=1; raise per_device_batch or the GPU count)")
     if config.save_steps:
         problems.append(f"save_steps={config.save_steps} (set save_steps=0)")
     if problems:
         raise ValueError("under DeepSpeed the trainers do not yet support: " + "; ".join(problems))
     fields = {
+        "train_batch_size": config.per_device_batch * config.grad_accum * world,
         "train_micro_batch_size_per_gpu": config.per_device_batch,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": config.grad_accum,
         "gradient_clipping": config.max_grad_norm,
     }
     for key, value in fields.items():
@@ -112,7 +123,7 @@ def deepspeed_fields(ds_config: dict, config) -> dict:
 
 def configure_deepspeed(accelerator: Accelerator, config) -> None:
     """Under `accelerate launch` with a DeepSpeed config, write `deepspeed_fields` into it (before `prepare`);
-    a no-op otherwise. Not yet run on a GPU (README support table)."""
+    a no-op otherwise."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
-        plugin.deepspeed_config.update(deepspeed_fields(plugin.deepspeed_config, config))
+        plugin.deepspeed_config.update(deepspeed_fields(plugin.deepspeed_config, config, accelerator.num_processes))
