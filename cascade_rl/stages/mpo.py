@@ -27,7 +27,7 @@ from cascade_rl.models.parts import merge_lora
 from cascade_rl.stages.metrics import MetricsLog
 from cascade_rl.stages.pair_data import PairSource, checkpoint_fingerprint, file_sha256, load_pairs
 from cascade_rl.stages.reference import cached_reference_logps
-from cascade_rl.stages.train_state import load_train_state, save_train_state
+from cascade_rl.stages.train_state import load_run_state, save_run_state
 from cascade_rl.stages.training import (
     SCHEDULES,
     configure_deepspeed,
@@ -172,7 +172,7 @@ def run_mpo(config: MPOConfig) -> dict:
     scorer, optimizer = accelerator.prepare(PairScorer(model, pad_id), optimizer)
     running = RunningMean()
     start = 0
-    resumed = load_train_state(out / "state", model=model, optimizer=optimizer, scheduler=scheduler)
+    resumed = load_run_state(out / "state", accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
     if resumed is not None:
         start, extra = resumed
         running.load_state_dict(extra["delta"])
@@ -237,16 +237,10 @@ def scorer_pad_id(scorer) -> int:
 
 
 def _save_state(out: Path, accelerator, model, optimizer, scheduler, step: int, running) -> None:
-    if accelerator.is_main_process:
-        save_train_state(
-            out / "state",
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            step=step,
-            extra={"delta": running.state_dict()},
-        )
-    accelerator.wait_for_everyone()
+    extra = {"delta": running.state_dict()}
+    save_run_state(
+        out / "state", accelerator, model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra
+    )
 
 
 def _finish(config, accelerator, model, processor, data_summary, trainable, steps_run) -> dict:

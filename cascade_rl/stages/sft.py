@@ -29,7 +29,7 @@ from cascade_rl.models import EncodedChat, encode_chat, save_policy, tokenizer_o
 from cascade_rl.models.parts import merge_lora
 from cascade_rl.stages.lengths import admit
 from cascade_rl.stages.metrics import MetricsLog
-from cascade_rl.stages.train_state import load_train_state, save_train_state
+from cascade_rl.stages.train_state import load_run_state, save_run_state
 from cascade_rl.stages.training import (
     SCHEDULES,
     configure_deepspeed,
@@ -184,7 +184,7 @@ def run_sft(config: SFTConfig) -> dict:
     dtype = model.dtype
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     start = 0
-    resumed = load_train_state(out / "state", model=model, optimizer=optimizer, scheduler=scheduler)
+    resumed = load_run_state(out / "state", accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
     if resumed is not None:
         start = resumed[0]
     start_trackers(accelerator, "cascade_rl_sft", out, {"lr": config.lr, "global_batch": global_batch})
@@ -204,11 +204,15 @@ def run_sft(config: SFTConfig) -> dict:
         last = log.log(step + 1, metrics)
         bar.set_postfix(loss=f"{last['loss']:.4f}")
         if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < total:
-            if accelerator.is_main_process:
-                save_train_state(
-                    out / "state", model=model, optimizer=optimizer, scheduler=scheduler, step=step + 1, extra={}
-                )
-            accelerator.wait_for_everyone()
+            save_run_state(
+                out / "state",
+                accelerator,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=step + 1,
+                extra={},
+            )
     accelerator.wait_for_everyone()
     return _finish(config, accelerator, model, processor, data_summary, trainable, total - start, last)
 

@@ -92,20 +92,15 @@ def prepare_policy(config):
 def deepspeed_fields(ds_config: dict, config, world: int) -> dict:
     """The DeepSpeed config fields a trainer run fixes, checked against `ds_config` (accelerate's resolved dict).
 
-    config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm, save_steps); world: processes.
+    config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm); world: processes.
     Returns {train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping}; a
-    value the DeepSpeed config sets otherwise (not "auto") is refused with both values named. Refused as well, with
-    the way out: ZeRO-3 (transformers then loads the policy partitioned, while the trainers count, freeze, score the
-    reference pass on rank 0 and save from unpartitioned parameters) and save_steps (the resume state holds rank 0's
-    optimizer, which ZeRO partitions).
+    value the DeepSpeed config sets otherwise (not "auto") is refused with both values named. ZeRO-3 is refused
+    too: transformers then loads the policy partitioned, while the trainers count and freeze parameters, score the
+    reference pass on rank 0 and save from unpartitioned parameters, and ranks whose completions differ in length
+    call the chunked LM head a different number of times (ZeRO-3 gathers parameters per module call).
     """
-    problems = []
     if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
-        problems.append("ZeRO-3 (use recipes/deepspeed/zero2.json)")
-    if config.save_steps:
-        problems.append(f"save_steps={config.save_steps} (set save_steps=0)")
-    if problems:
-        raise ValueError("under DeepSpeed the trainers do not yet support: " + "; ".join(problems))
+        raise ValueError("the trainers do not support ZeRO-3 yet: use recipes/deepspeed/zero2.json")
     fields = {
         "train_batch_size": config.per_device_batch * config.grad_accum * world,
         "train_micro_batch_size_per_gpu": config.per_device_batch,

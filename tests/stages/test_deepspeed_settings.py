@@ -29,12 +29,10 @@ def test_zero2_takes_the_trainer_settings(config_class):
     }
 
 
-def test_unsupported_settings_are_refused_together_with_the_way_out():
-    config = MPOConfig(model_path="m", pairs="p.jsonl", save_steps=100)
-    with pytest.raises(ValueError) as err:
+def test_zero3_is_refused_with_the_way_out():
+    config = MPOConfig(model_path="m", pairs="p.jsonl", save_steps=100, grad_accum=4)
+    with pytest.raises(ValueError, match="do not support ZeRO-3 yet: use recipes/deepspeed/zero2.json"):
         deepspeed_fields(shipped("zero3.json"), config, world=2)
-    assert "ZeRO-3 (use recipes/deepspeed/zero2.json)" in str(err.value)
-    assert "save_steps=100 (set save_steps=0)" in str(err.value)
 
 
 def test_a_conflicting_explicit_value_is_named():
