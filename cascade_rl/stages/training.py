@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, InitProcessGroupKwargs
+from accelerate.state import AcceleratorState
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from cascade_rl.models import load_policy
@@ -30,6 +31,9 @@ def make_accelerator(
     project_dir = str(tracker_dir(out_dir)) if log_with and out_dir is not None else None
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
     cpu = not torch.cuda.is_available()
+    # accelerate keeps one precision per process; `cascade-rl run` runs its stages in one process, each with its own
+    # settings. The process group (PartialState) stays.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         cpu=cpu and not deepspeed,  # accelerate takes DeepSpeed only without cpu=True; it is told gloo instead
         mixed_precision=mixed_precision,
