@@ -49,11 +49,16 @@ class RewardResult:
     errors: dict[str, int] = field(default_factory=dict)
 
     def metrics(self, prefix: str = "rewards/") -> dict[str, float]:
-        """Flat scalars for a logger: mean of each reward over its non-None values, None/timeout/error counts."""
+        """Flat scalars for a logger: mean and (population) std of each reward over its non-None values,
+        None/timeout/error counts."""
         out: dict[str, float] = {}
         for name, values in [("total", self.total), *self.per_reward.items()]:
             scored = [v for v in values if v is not None]
-            out[f"{prefix}{name}/mean"] = sum(scored) / len(scored) if scored else math.nan
+            mean = sum(scored) / len(scored) if scored else math.nan
+            out[f"{prefix}{name}/mean"] = mean
+            out[f"{prefix}{name}/std"] = (
+                math.sqrt(sum((v - mean) ** 2 for v in scored) / len(scored)) if scored else math.nan
+            )
             out[f"{prefix}{name}/none"] = float(len(values) - len(scored))
         for name in self.per_reward:
             out[f"{prefix}{name}/timeouts"] = float(self.timeouts.get(name, 0))

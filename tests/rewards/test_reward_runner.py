@@ -318,4 +318,6 @@ def test_metrics(math_format_runner):
     assert metrics["rewards/math/none"] == 1.0
     assert metrics["rewards/format/mean"] == 0.5
     assert metrics["rewards/total/mean"] == pytest.approx((1.0 + 0.0) / 2)
+    assert metrics["rewards/math/std"] == 0.0  # one scored value
+    assert metrics["rewards/format/std"] == pytest.approx(0.5)  # values 1 and 0 around 0.5: sqrt((0.25 + 0.25) / 2)
     assert metrics["rewards/math/timeouts"] == 0.0 and metrics["rewards/math/errors"] == 0.0
