@@ -73,10 +73,11 @@ def load_policy(path: str | Path, *, dtype: torch.dtype | str | None = None, dev
     return model, processor
 
 
-def save_policy(model, processor, out_dir: str | Path) -> Path:
-    """Write model weights (safetensors) and processor/tokenizer files that transformers' Auto classes load."""
+def save_policy(model, processor, out_dir: str | Path, *, state_dict: dict | None = None) -> Path:
+    """Write model weights (safetensors) and processor/tokenizer files that transformers' Auto classes load.
+    state_dict: the weights to write instead of the model's own (e.g. gathered from ZeRO-3 partitions)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(out_dir)
     return out_dir

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from cascade_rl.models.chat import encode_prompt, expand_image_placeholders, render, tokenizer_of
-from cascade_rl.models.logprobs import packed_logps
+from cascade_rl.models.logprobs import CHUNK_SIZE, packed_logps
 
 
 @dataclass
@@ -67,9 +67,16 @@ def pair_num_tokens(processor, messages, num_tiles: list[int], chosen: str, reje
     return len(prompt) + max(len(completion_ids(processor, chosen)), len(completion_ids(processor, rejected)))
 
 
-def pair_token_logps(model, pair: EncodedPair, *, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_token_logps(
+    model, pair: EncodedPair, *, pad_id: int = 0, chunk_size: int = CHUNK_SIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(token_logps [2, T_max], mask [2, T_max]) for (chosen, rejected): vision and prompt encoded once, the pair
-    scored in one call over one packed row (`packed_logps`)."""
+    scored in one call over one packed row (`packed_logps`); chunk_size: see `chunked_head_logps`."""
     return packed_logps(
-        model, pair.prompt_ids, [pair.chosen_ids, pair.rejected_ids], pixel_values=pair.pixel_values, pad_id=pad_id
+        model,
+        pair.prompt_ids,
+        [pair.chosen_ids, pair.rejected_ids],
+        pixel_values=pair.pixel_values,
+        pad_id=pad_id,
+        chunk_size=chunk_size,
     )

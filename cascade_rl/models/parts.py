@@ -17,6 +17,11 @@ def model_parts(model) -> dict[str, list[torch.nn.Parameter]]:
     return {"vision": vision, "projector": projector, "llm": llm}
 
 
+def full_numel(p: torch.nn.Parameter) -> int:
+    """Elements of a parameter, also when DeepSpeed ZeRO-3 holds only a partition of it here (`ds_numel`)."""
+    return getattr(p, "ds_numel", p.numel())
+
+
 def freeze_parts(model, *, vision: bool = False, projector: bool = False, llm: bool = False) -> dict[str, int]:
     """Set requires_grad=False on the chosen parts; returns trainable parameter counts per part."""
     frozen = {"vision": vision, "projector": projector, "llm": llm}
@@ -24,7 +29,7 @@ def freeze_parts(model, *, vision: bool = False, projector: bool = False, llm: b
     for name, params in parts.items():
         for p in params:
             p.requires_grad_(not frozen[name])
-    counts = {name: sum(p.numel() for p in params if p.requires_grad) for name, params in parts.items()}
+    counts = {name: sum(full_numel(p) for p in params if p.requires_grad) for name, params in parts.items()}
     if not any(counts.values()):
         raise ValueError("every part is frozen: nothing would train; unfreeze vision, projector or llm")
     return counts

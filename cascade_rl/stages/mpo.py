@@ -2,8 +2,8 @@
 
 Plan of a run: load the policy → check and measure the pairs (never truncating inside an image; no pixels kept)
 → reference log-probs in one no-grad pass, cached beside the pairs → AdamW + cosine schedule, gradient
-accumulation, DDP through accelerate → metrics.jsonl / trackers → resumable train state → a Hugging Face format
-checkpoint in `final/`.
+accumulation, DDP or DeepSpeed ZeRO-2/3 through accelerate (ZeRO-3 specifics: stages/zero3.py) → metrics.jsonl /
+trackers → resumable train state → a Hugging Face format checkpoint in `final/`.
 Each pair's vision features and shared prompt are computed once for both completions (models/logprobs.py).
 Pairs are encoded (images loaded and tiled) per micro-batch, each rank only its own (stages/pair_data.py).
 """
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from cascade_rl.algos import RunningMean, mpo_loss
 from cascade_rl.config import dump_yaml
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
+from cascade_rl.models.logprobs import CHUNK_SIZE
 from cascade_rl.models.pairs import pair_token_logps
 from cascade_rl.models.parts import merge_lora
 from cascade_rl.stages.metrics import MetricsLog
@@ -31,12 +32,20 @@ from cascade_rl.stages.train_state import load_run_state, save_run_state
 from cascade_rl.stages.training import (
     SCHEDULES,
     configure_deepspeed,
+    fill_deepspeed_buckets,
     global_order,
     make_accelerator,
     make_schedule,
     micro_batch,
     prepare_policy,
     start_trackers,
+    zero_stage,
+)
+from cascade_rl.stages.zero3 import (
+    WHOLE_SEQUENCE,
+    check_zero3_run,
+    gathered_state_dict,
+    reference_from_cache_or_engine,
 )
 
 
@@ -92,20 +101,21 @@ class MPOConfig:
 
 
 class PairScorer(torch.nn.Module):
-    """Wraps the policy so one DDP forward scores a micro-batch of pairs (two model calls per pair inside).
+    """Wraps the policy so one DDP / DeepSpeed forward scores a micro-batch of pairs (one packed call per pair).
 
     forward(pairs) → (chosen_logps [B], rejected_logps [B], chosen_token_logps [B, T], chosen_mask [B, T]).
     """
 
-    def __init__(self, model, pad_id: int):
+    def __init__(self, model, pad_id: int, chunk_size: int = CHUNK_SIZE):
         super().__init__()
         self.model = model
         self.pad_id = pad_id
+        self.chunk_size = chunk_size
 
     def forward(self, pairs):
         sums, token_rows, mask_rows = [], [], []
         for pair in pairs:
-            logps, mask = pair_token_logps(self.model, pair, pad_id=self.pad_id)
+            logps, mask = pair_token_logps(self.model, pair, pad_id=self.pad_id, chunk_size=self.chunk_size)
             sums.append(logps.sum(-1))
             token_rows.append(logps[0, : len(pair.chosen_ids)])
             mask_rows.append(mask[0, : len(pair.chosen_ids)])
@@ -115,21 +125,25 @@ class PairScorer(torch.nn.Module):
         return sums[:, 0], sums[:, 1], tokens, masks
 
 
+def reference_cache(config: MPOConfig, n_pairs: int) -> tuple[Path, dict]:
+    """Where the reference log-probs are cached, and the key that must match for the cache to be reused."""
+    key = {
+        "reference": checkpoint_fingerprint(config.reference_path or config.model_path),
+        "pairs": file_sha256([Path(config.pairs)]),
+        "max_tiles": config.max_tiles,
+        "max_length": config.max_length,
+        "n_pairs": n_pairs,
+    }
+    return Path(config.out_dir) / f"reference_logps-{key['reference'][:12]}.pt", key
+
+
 def reference_logps(
     config: MPOConfig, model, pairs: PairSource, pad_id: int, accelerator: Accelerator
 ) -> torch.Tensor:
     """[N, 2] reference (chosen, rejected) log-prob sums: computed by the main process, cached, read by all."""
-    ref_path = config.reference_path or config.model_path
-    key = {
-        "reference": checkpoint_fingerprint(ref_path),
-        "pairs": file_sha256([Path(config.pairs)]),
-        "max_tiles": config.max_tiles,
-        "max_length": config.max_length,
-        "n_pairs": len(pairs),
-    }
-    cache = Path(config.out_dir) / f"reference_logps-{key['reference'][:12]}.pt"
+    cache, key = reference_cache(config, len(pairs))
     if accelerator.is_main_process:
-        ref_model = model if config.reference_path is None else load_policy(ref_path)[0]
+        ref_model = model if config.reference_path is None else load_policy(config.reference_path)[0]
         cached_reference_logps(ref_model, pairs, cache, key, pad_id)
     accelerator.wait_for_everyone()
     return torch.load(cache, weights_only=True)["logps"]
@@ -139,7 +153,8 @@ def run_mpo(config: MPOConfig) -> dict:
     """Train with MPO; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format)."""
     out = Path(config.out_dir)
     accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir, config.grad_accum)
-    configure_deepspeed(accelerator, config)
+    configure_deepspeed(accelerator, config, zero3=True)
+    zero3 = zero_stage(accelerator) == 3  # see stages/zero3.py
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -156,10 +171,12 @@ def run_mpo(config: MPOConfig) -> dict:
     )
     if not pairs:
         raise ValueError(f"{config.pairs}: no trainable pairs ({data_summary})")
-    ref_logps = (
-        reference_logps(config, model, pairs, pad_id, accelerator) if config.reference == "precomputed" else None
-    )
-    live_ref = load_policy(config.reference_path or config.model_path)[0].eval() if ref_logps is None else None
+    if zero3:
+        check_zero3_run(config, pairs)
+    precomputed_now = config.reference == "precomputed" and not zero3  # under ZeRO-3: through the engine, below
+    ref_logps = reference_logps(config, model, pairs, pad_id, accelerator) if precomputed_now else None
+    live = config.reference == "live"
+    live_ref = load_policy(config.reference_path or config.model_path)[0].eval() if live else None
     world, rank = accelerator.num_processes, accelerator.process_index
     order = global_order(len(pairs), config.epochs, config.seed)
     total = len(order) // (config.per_device_batch * config.grad_accum * world)
@@ -169,7 +186,11 @@ def run_mpo(config: MPOConfig) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_schedule(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio, total_steps=total)
-    scorer, optimizer = accelerator.prepare(PairScorer(model, pad_id), optimizer)
+    fill_deepspeed_buckets(accelerator, model)
+    scorer = PairScorer(model, pad_id, WHOLE_SEQUENCE if zero3 else CHUNK_SIZE)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    if zero3:
+        ref_logps = reference_from_cache_or_engine(*reference_cache(config, len(pairs)), scorer, pairs, accelerator)
     running = RunningMean()
     start = 0
     resumed = load_run_state(out / "state", accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -186,7 +207,8 @@ def run_mpo(config: MPOConfig) -> dict:
         if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < total:
             _save_state(out, accelerator, model, optimizer, scheduler, step + 1, running)
     accelerator.wait_for_everyone()
-    return _finish(config, accelerator, model, processor, data_summary, trainable, total - start)
+    state = gathered_state_dict(accelerator, scorer) if zero3 else None  # every rank takes part
+    return _finish(config, accelerator, model, processor, data_summary, trainable, total - start, state)
 
 
 def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps, live_ref, accelerator):
@@ -243,7 +265,7 @@ def _save_state(out: Path, accelerator, model, optimizer, scheduler, step: int, 
     )
 
 
-def _finish(config, accelerator, model, processor, data_summary, trainable, steps_run) -> dict:
+def _finish(config, accelerator, model, processor, data_summary, trainable, steps_run, state=None) -> dict:
     out = Path(config.out_dir)
     summary = {
         "pairs": vars(data_summary),
@@ -252,7 +274,7 @@ def _finish(config, accelerator, model, processor, data_summary, trainable, step
         "final": str(out / "final"),
     }
     if accelerator.is_main_process:
-        save_policy(merge_lora(model), processor, out / "final")
+        save_policy(merge_lora(model), processor, out / "final", state_dict=state)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.end_training()
     return summary

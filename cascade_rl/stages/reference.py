@@ -29,14 +29,26 @@ def sequence_logps(model, pairs: PairSource, pad_id: int) -> torch.Tensor:
     return out
 
 
-def cached_reference_logps(model, pairs: PairSource, cache_file: Path, key: dict, pad_id: int) -> torch.Tensor:
-    """Load `cache_file` when its key matches `key`, else compute and write it (atomically)."""
+def read_cache(cache_file: Path, key: dict, n_pairs: int) -> torch.Tensor | None:
+    """The cached [N, 2] log-probs when `cache_file` exists and was written for `key` and N pairs, else None."""
     if cache_file.exists():
         cached = torch.load(cache_file, weights_only=True)
-        if cached.get("key") == key and cached["logps"].shape == (len(pairs), 2):
+        if cached.get("key") == key and cached["logps"].shape == (n_pairs, 2):
             return cached["logps"]
-    logps = sequence_logps(model, pairs, pad_id)
+    return None
+
+
+def write_cache(cache_file: Path, key: dict, logps: torch.Tensor) -> None:
+    """Atomically: a temporary file, then a rename."""
     tmp = cache_file.with_suffix(".tmp")
     torch.save({"key": key, "logps": logps}, tmp)
     tmp.replace(cache_file)
+
+
+def cached_reference_logps(model, pairs: PairSource, cache_file: Path, key: dict, pad_id: int) -> torch.Tensor:
+    """Load `cache_file` when its key matches `key`, else compute and write it."""
+    logps = read_cache(cache_file, key, len(pairs))
+    if logps is None:
+        logps = sequence_logps(model, pairs, pad_id)
+        write_cache(cache_file, key, logps)
     return logps

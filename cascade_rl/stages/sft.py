@@ -33,6 +33,7 @@ from cascade_rl.stages.train_state import load_run_state, save_run_state
 from cascade_rl.stages.training import (
     SCHEDULES,
     configure_deepspeed,
+    fill_deepspeed_buckets,
     global_order,
     make_accelerator,
     make_schedule,
@@ -182,6 +183,7 @@ def run_sft(config: SFTConfig) -> dict:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_schedule(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio, total_steps=total)
     dtype = model.dtype
+    fill_deepspeed_buckets(accelerator, model)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     start = 0
     resumed = load_run_state(out / "state", accelerator, model=model, optimizer=optimizer, scheduler=scheduler)

@@ -93,18 +93,23 @@ def prepare_policy(config):
     return model.train(), processor, counts
 
 
-def deepspeed_fields(ds_config: dict, config, world: int) -> dict:
+def zero_stage(accelerator: Accelerator) -> int:
+    """The DeepSpeed ZeRO stage this run trains under; 0 without DeepSpeed."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) if plugin is not None else 0
+
+
+def deepspeed_fields(ds_config: dict, config, world: int, *, zero3: bool = False) -> dict:
     """The DeepSpeed config fields a trainer run fixes, checked against `ds_config` (accelerate's resolved dict).
 
-    config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm); world: processes.
-    Returns {train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping}; a
-    value the DeepSpeed config sets otherwise (not "auto") is refused with both values named. ZeRO-3 is refused
-    too: transformers then loads the policy partitioned, while the trainers count and freeze parameters, score the
-    reference pass on rank 0 and save from unpartitioned parameters, and ranks whose completions differ in length
-    call the chunked LM head a different number of times (ZeRO-3 gathers parameters per module call).
+    config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm); world: processes; zero3: whether
+    the trainer supports ZeRO-3 (MPO does, see `run_mpo`; SFT does not yet: its batches mix text-only and image
+    rows, so ranks would call the vision tower a different number of times, and ZeRO-3 gathers parameters per
+    module call). Returns {train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps,
+    gradient_clipping}; a value the DeepSpeed config sets otherwise (not "auto") is refused with both values named.
     """
-    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3:
-        raise ValueError("the trainers do not support ZeRO-3 yet: use recipes/deepspeed/zero2.json")
+    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3 and not zero3:
+        raise ValueError("this trainer does not support ZeRO-3 yet: use recipes/deepspeed/zero2.json")
     fields = {
         "train_batch_size": config.per_device_batch * config.grad_accum * world,
         "train_micro_batch_size_per_gpu": config.per_device_batch,
@@ -120,9 +125,29 @@ def deepspeed_fields(ds_config: dict, config, world: int) -> dict:
     return fields
 
 
-def configure_deepspeed(accelerator: Accelerator, config) -> None:
+def configure_deepspeed(accelerator: Accelerator, config, *, zero3: bool = False) -> None:
     """Under `accelerate launch` with a DeepSpeed config, write `deepspeed_fields` into it (before `prepare`);
     a no-op otherwise."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
-        plugin.deepspeed_config.update(deepspeed_fields(plugin.deepspeed_config, config, accelerator.num_processes))
+        fields = deepspeed_fields(plugin.deepspeed_config, config, accelerator.num_processes, zero3=zero3)
+        plugin.deepspeed_config.update(fields)
+
+
+def fill_deepspeed_buckets(accelerator: Accelerator, model) -> None:
+    """Fill the ZeRO bucket sizes left "auto" from the language model's hidden size h, as transformers' Trainer
+    does (reduce h², stage-3 prefetch 0.9 h², stage-3 persistence 10 h); accelerate cannot, since the module it is
+    given wraps the policy. A no-op without DeepSpeed."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    config = model.config.get_text_config()
+    h = max(config.hidden_sizes) if getattr(config, "hidden_sizes", None) else config.hidden_size
+    zero = plugin.deepspeed_config.setdefault("zero_optimization", {})
+    for key, value in (
+        ("reduce_bucket_size", h * h),
+        ("stage3_prefetch_bucket_size", int(0.9 * h * h)),
+        ("stage3_param_persistence_threshold", 10 * h),
+    ):
+        if zero.get(key) == "auto":
+            zero[key] = value

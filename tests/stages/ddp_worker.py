@@ -11,8 +11,8 @@ def mpo_rank_main(
     rank: int, world: int, port: int, config: MPOConfig, env: dict | None = None, crash_after_step: int = 0
 ) -> None:
     """env: extra variables, e.g. what `accelerate launch` sets for DeepSpeed (`deepspeed_env`);
-    crash_after_step: every rank raises right after logging that step (a simulated crash; not KeyboardInterrupt,
-    which torch.multiprocessing treats as a normal exit)."""
+    crash_after_step: every rank dies right after logging that step (a simulated crash: exit code 3, no clean-up,
+    so no rank aborts in a collective's destructor while its peer is already gone)."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
     )
@@ -23,6 +23,9 @@ def mpo_rank_main(
     run_mpo(config)
 
 
+CRASH_EXIT_CODE = 3
+
+
 def crash_after(step: int) -> None:
     from cascade_rl.stages import metrics
 
@@ -31,7 +34,7 @@ def crash_after(step: int) -> None:
     def log_then_crash(self, logged_step, values):
         out = original(self, logged_step, values)
         if logged_step == step:
-            raise RuntimeError(f"simulated crash after step {step}")
+            os._exit(CRASH_EXIT_CODE)
         return out
 
     metrics.MetricsLog.log = log_then_crash
@@ -45,3 +48,19 @@ def deepspeed_env(config_file, world: int = 2) -> dict:
         "ACCELERATE_MIXED_PRECISION": "no",
         "LOCAL_WORLD_SIZE": str(world),
     }
+
+
+def launch(fn, args: tuple, *, nprocs: int = 2, timeout_s: float = 300.0) -> None:
+    """Spawn `nprocs` ranks of `fn(rank, *args)` and wait; a rank's exception is re-raised (ProcessRaisedException),
+    and ranks still running after `timeout_s` (a collective that never completes) are killed and reported."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=False)
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"ranks of {fn.__name__} still running after {timeout_s:g} s (a hung collective?)")

@@ -1,6 +1,6 @@
-"""DeepSpeed ZeRO-2 through accelerate, on 2 CPU processes (DeepSpeed's CPU accelerator, gloo): the MPO and SFT
-trainers under the shipped `recipes/deepspeed/zero2.json` train like one plain process over the same global batch,
-gradient accumulation included, and a crashed DeepSpeed run resumes onto the uninterrupted trajectory."""
+"""DeepSpeed through accelerate, on 2 CPU processes (DeepSpeed's CPU accelerator, gloo): MPO under the shipped
+ZeRO-2 and ZeRO-3 configs, and SFT under ZeRO-2, train like one plain process over the same global batch (gradient
+accumulation included), and a crashed DeepSpeed run resumes onto the uninterrupted trajectory."""
 
 import socket
 from pathlib import Path
@@ -11,14 +11,15 @@ import torch
 pytest.importorskip("deepspeed")
 
 import torch.multiprocessing as mp  # noqa: E402
-from stages.ddp_worker import deepspeed_env, mpo_rank_main  # noqa: E402
+from stages.ddp_worker import CRASH_EXIT_CODE, deepspeed_env, launch, mpo_rank_main  # noqa: E402
 
 from cascade_rl.models import load_policy  # noqa: E402
 from cascade_rl.stages.metrics import read_metrics  # noqa: E402
 from cascade_rl.stages.mpo import MPOConfig, run_mpo  # noqa: E402
 from cascade_rl.stages.sft import SFTConfig, run_sft  # noqa: E402
 
-ZERO2 = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / "zero2.json"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed"
+ZERO2, ZERO3 = RECIPES / "zero2.json", RECIPES / "zero3.json"
 
 
 def free_port() -> int:
@@ -34,7 +35,8 @@ def assert_same_weights(dir_one, dir_two):
 
 
 @pytest.mark.slow
-def test_mpo_under_zero2_with_accumulation_matches_one_process(tiny_checkpoint, pairs_file, tmp_path):
+@pytest.mark.parametrize("ds_config", [ZERO2, ZERO3], ids=["zero2", "zero3"])
+def test_mpo_under_deepspeed_with_accumulation_matches_one_process(tiny_checkpoint, pairs_file, tmp_path, ds_config):
     path, images = pairs_file
     common = dict(
         model_path=str(tiny_checkpoint),
@@ -51,9 +53,7 @@ def test_mpo_under_zero2_with_accumulation_matches_one_process(tiny_checkpoint, 
     # two DeepSpeed ranks one each (`micro_batch`), so δ sees the same all-reduced batches in the same order.
     run_mpo(MPOConfig(**{**common, "per_device_batch": 2}, out_dir=str(tmp_path / "one")))
     ds = MPOConfig(**common, out_dir=str(tmp_path / "ds"))
-    mp.start_processes(
-        mpo_rank_main, args=(2, free_port(), ds, deepspeed_env(ZERO2)), nprocs=2, start_method="spawn", join=True
-    )
+    launch(mpo_rank_main, (2, free_port(), ds, deepspeed_env(ds_config)))
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "ds" / "metrics.jsonl")
     assert len(one) == len(two) == 1
     # Logged losses are rank 0's own micro-batch means; δ is all-reduced, so it is the global batch's.
@@ -63,7 +63,8 @@ def test_mpo_under_zero2_with_accumulation_matches_one_process(tiny_checkpoint, 
 
 
 @pytest.mark.slow
-def test_mpo_under_zero2_resumes_the_uninterrupted_trajectory(tiny_checkpoint, pairs_file, tmp_path):
+@pytest.mark.parametrize("ds_config", [ZERO2, ZERO3], ids=["zero2", "zero3"])
+def test_mpo_under_deepspeed_resumes_the_uninterrupted_trajectory(tiny_checkpoint, pairs_file, tmp_path, ds_config):
     path, images = pairs_file
     common = dict(
         model_path=str(tiny_checkpoint),
@@ -76,16 +77,15 @@ def test_mpo_under_zero2_resumes_the_uninterrupted_trajectory(tiny_checkpoint, p
         per_device_batch=1,
     )
 
-    def launch(out, crash_after_step=0):
+    def run(out, crash_after_step=0):
         cfg = MPOConfig(**common, out_dir=str(out), save_steps=1)
-        args = (2, free_port(), cfg, deepspeed_env(ZERO2), crash_after_step)
-        mp.start_processes(mpo_rank_main, args=args, nprocs=2, start_method="spawn", join=True)
+        launch(mpo_rank_main, (2, free_port(), cfg, deepspeed_env(ds_config), crash_after_step))
 
-    launch(tmp_path / "straight")
-    with pytest.raises(mp.ProcessRaisedException, match="simulated crash after step 2"):
-        launch(tmp_path / "crash", crash_after_step=2)
+    run(tmp_path / "straight")
+    with pytest.raises(mp.ProcessExitedException, match=f"exit code {CRASH_EXIT_CODE}"):
+        run(tmp_path / "crash", crash_after_step=2)
     assert [p.name for p in (tmp_path / "crash" / "state").glob("engine-*")] == ["engine-00000001"]
-    launch(tmp_path / "crash")  # resumes from the engine state saved after step 1
+    run(tmp_path / "crash")  # resumes from the engine state saved after step 1
     expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     by_step = {r["step"]: r for r in read_metrics(tmp_path / "crash" / "metrics.jsonl")}
     assert sorted(by_step) == [1, 2, 3]
@@ -116,9 +116,7 @@ def test_sft_under_zero2_with_accumulation_matches_one_process(tiny_checkpoint, 
     # in length (count ~8 tokens, locate ~28): the loss is the global token mean either way.
     run_sft(SFTConfig(**common, per_device_batch=2, out_dir=str(tmp_path / "one")))
     ds = SFTConfig(**common, per_device_batch=1, out_dir=str(tmp_path / "ds"))
-    mp.start_processes(
-        sft_rank_main, args=(2, free_port(), ds, deepspeed_env(ZERO2)), nprocs=2, start_method="spawn", join=True
-    )
+    launch(sft_rank_main, (2, free_port(), ds, deepspeed_env(ZERO2)))
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "ds" / "metrics.jsonl")
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
     assert_same_weights(tmp_path / "one" / "final", tmp_path / "ds" / "final")

@@ -29,12 +29,6 @@ def test_zero2_takes_the_trainer_settings(config_class):
     }
 
 
-def test_zero3_is_refused_with_the_way_out():
-    config = MPOConfig(model_path="m", pairs="p.jsonl", save_steps=100, grad_accum=4)
-    with pytest.raises(ValueError, match="do not support ZeRO-3 yet: use recipes/deepspeed/zero2.json"):
-        deepspeed_fields(shipped("zero3.json"), config, world=2)
-
-
 def test_a_conflicting_explicit_value_is_named():
     config = MPOConfig(model_path="m", pairs="p.jsonl", per_device_batch=2)
     with pytest.raises(ValueError, match="sets train_micro_batch_size_per_gpu=8, the trainer config 2: set it to"):
@@ -50,3 +44,29 @@ def test_configure_writes_into_the_plugin_config_and_ignores_plain_runs():
     assert ds_config["zero_optimization"]["stage"] == 2
     plain = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None), num_processes=1)
     configure_deepspeed(plain, MPOConfig(model_path="m", pairs="p.jsonl", save_steps=5))  # no DeepSpeed: no limits
+
+
+def test_zero3_mpo_refuses_what_would_desynchronise_the_ranks():
+    from cascade_rl.stages.zero3 import check_zero3_run
+
+    def pairs(*image_lists):
+        rows = [
+            SimpleNamespace(images=images, source=f"pairs.jsonl line {i + 1}") for i, images in enumerate(image_lists)
+        ]
+        return SimpleNamespace(rows=[SimpleNamespace(row=row) for row in rows])
+
+    config = MPOConfig(model_path="m", pairs="pairs.jsonl")
+    check_zero3_run(config, pairs(["a.png"], ["b.png", "c.png"]))
+    with pytest.raises(ValueError, match=r"1 pairs have no image \(first: pairs.jsonl line 2\)"):
+        check_zero3_run(config, pairs(["a.png"], []))
+    with pytest.raises(ValueError, match="LoRA under ZeRO-3"):
+        check_zero3_run(MPOConfig(model_path="m", pairs="pairs.jsonl", lora_rank=4), pairs(["a.png"]))
+    with pytest.raises(ValueError, match="reference is the starting policy"):
+        check_zero3_run(MPOConfig(model_path="m", pairs="pairs.jsonl", reference="live"), pairs(["a.png"]))
+
+
+def test_sft_refuses_zero3():
+    config = SFTConfig(model_path="m", data="d.jsonl")
+    with pytest.raises(ValueError, match="does not support ZeRO-3 yet: use recipes/deepspeed/zero2.json"):
+        deepspeed_fields(shipped("zero3.json"), config, world=2)
+    assert deepspeed_fields(shipped("zero3.json"), config, world=2, zero3=True)["train_batch_size"] == 2

@@ -1,0 +1,69 @@
+"""What MPO does differently under DeepSpeed ZeRO-3, where each rank holds a partition of every parameter.
+
+ZeRO-3 gathers a module's parameters collectively each time the module is called, so every rank must make the same
+module calls in the same order: MPO scores every pair with one vision-tower call (so every pair needs an image), one
+decoder call and one LM-head call (the LM head is not chunked: `WHOLE_SEQUENCE`). transformers loads the policy
+already partitioned, so nothing may run it outside the DeepSpeed engine: the reference pass runs through the
+prepared engine, each rank scoring every world-th pair, and the final checkpoint is gathered from the partitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cascade_rl.stages.pair_data import PairSource
+from cascade_rl.stages.reference import read_cache, write_cache
+
+WHOLE_SEQUENCE = 1 << 30  # chunk size: the LM head runs once per pair
+
+
+def check_zero3_run(config, pairs: PairSource) -> None:
+    """Refuse, naming the way out, what MPO cannot do under ZeRO-3."""
+    if config.reference != "precomputed" or config.reference_path:
+        raise ValueError("under ZeRO-3 the reference is the starting policy, precomputed: drop reference_path / live")
+    if config.lora_rank:
+        raise ValueError("LoRA under ZeRO-3 is not supported: use ZeRO-2 (recipes/deepspeed/zero2.json) for LoRA")
+    text_only = [row.row.source for row in pairs.rows if not row.row.images]
+    if text_only:
+        raise ValueError(
+            f"{len(text_only)} pairs have no image (first: {text_only[0]}); under ZeRO-3 every rank must call the "
+            "vision tower for every pair: filter them out or train under ZeRO-2"
+        )
+
+
+@torch.no_grad()
+def sharded_sequence_logps(scorer, pairs: PairSource, accelerator) -> torch.Tensor:
+    """[N, 2] summed (chosen, rejected) log-probs through the prepared `scorer`: rank r scores pairs r, r + world,
+    ...; every rank makes the same number of calls (the last pair repeats to even them out); results gathered."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_rank = -(-len(pairs) // world)
+    rows = torch.empty(per_rank, 2)
+    scorer.eval()
+    for k in tqdm(range(per_rank), desc="reference log-probs", unit="pair", disable=not accelerator.is_main_process):
+        chosen, rejected, _, _ = scorer([pairs.encode(min(rank + k * world, len(pairs) - 1))])
+        rows[k] = torch.stack([chosen[0], rejected[0]]).float().cpu()
+    scorer.train()
+    gathered = accelerator.gather(rows.to(accelerator.device)).cpu().view(world, per_rank, 2)
+    return gathered.transpose(0, 1).reshape(-1, 2)[: len(pairs)]  # pair i = rank i % world, slot i // world
+
+
+def gathered_state_dict(accelerator, scorer) -> dict[str, torch.Tensor] | None:
+    """The full policy state dict on rank 0 (None elsewhere; every rank must call this), keyed as the policy's."""
+    state = accelerator.get_state_dict(scorer)
+    return None if state is None else {name.removeprefix("model."): value for name, value in state.items()}
+
+
+def reference_from_cache_or_engine(cache: Path, key: dict, scorer, pairs: PairSource, accelerator) -> torch.Tensor:
+    """The cached [N, 2] reference log-probs when `cache` matches `key`, else computed by all ranks and cached."""
+    logps = read_cache(cache, key, len(pairs))
+    accelerator.wait_for_everyone()  # every rank has read the cache before rank 0 may rewrite it
+    if logps is not None:
+        return logps
+    logps = sharded_sequence_logps(scorer, pairs, accelerator)
+    if accelerator.is_main_process:
+        write_cache(cache, key, logps)
+    accelerator.wait_for_everyone()
+    return logps
