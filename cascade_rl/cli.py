@@ -21,21 +21,26 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cascade_rl.models import load_policy
+    from cascade_rl.models.io import policy_parameter_names, load_policy, load_processor
     from cascade_rl.rollout.server import RolloutServer
 
-    model, processor = load_policy(args.model)
-    if args.engine == "vllm":
+    if args.engine == "vllm":  # vLLM holds the weights; the server keeps only their names
         from cascade_rl.rollout.vllm import VLLMEngine
 
         engine = VLLMEngine(
-            args.model, processor, max_tiles=args.max_tiles, gpu_memory_utilization=args.gpu_memory_utilization
+            args.model,
+            load_processor(args.model),
+            max_tiles=args.max_tiles,
+            gpu_memory_utilization=args.gpu_memory_utilization,
         )
+        model, names = None, policy_parameter_names(args.model)
     else:
         from cascade_rl.rollout import HFEngine
 
+        model, processor = load_policy(args.model)
         engine = HFEngine(model.eval(), processor, max_tiles=args.max_tiles, batch_size=args.batch_size)
-    server = RolloutServer(engine, model, host=args.host, port=args.port, model_path=args.model)
+        names = None
+    server = RolloutServer(engine, model, param_names=names, host=args.host, port=args.port, model_path=args.model)
     print(f"serving {args.model} ({args.engine}) on {server.url}", flush=True)
     server.serve_forever()
     return 0

@@ -46,6 +46,28 @@ def _check_weights(path: Path) -> None:
     raise CheckpointError(f"{path}: no *.safetensors weights found")
 
 
+def load_processor(path: str | Path):
+    """The processor (InternVL) or tokenizer (causal LM) of a checkpoint directory, without its weights."""
+    path = Path(path)
+    if checkpoint_model_type(path) in VISION_LANGUAGE_TYPES:
+        return load_internvl_processor(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def policy_parameter_names(path: str | Path) -> set[str]:
+    """The parameter names `load_policy(path)` would give (what a trainer sends), from the checkpoint's config
+    alone: the model is built on the meta device, so no weights are read or allocated. (The names inside the
+    safetensors files may follow an older layout that transformers converts when loading.)"""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    model_type = checkpoint_model_type(path)
+    auto = AutoModelForImageTextToText if model_type in VISION_LANGUAGE_TYPES else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(AutoConfig.from_pretrained(path))
+    return {name for name, _ in model.named_parameters()}
+
+
 def load_policy(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | None = None):
     """Load (model, processor) from a local Hugging Face format directory.
 

@@ -32,10 +32,26 @@ logger = logging.getLogger(__name__)
 
 
 class RolloutServer:
-    """Serves `engine` (a RolloutEngine) and applies weight updates to `model` (the engine's policy)."""
+    """Serves `engine` (a RolloutEngine) and applies weight updates to `model` (the engine's policy).
 
-    def __init__(self, engine, model, *, host: str = "127.0.0.1", port: int = 8000, model_path: str = ""):
+    An engine that owns its weights (`load_weights`, e.g. vLLM) needs no `model`: pass `param_names`, the names a
+    trainer may send (e.g. `checkpoint_tensor_names`), so the server holds no second copy of the weights.
+    """
+
+    def __init__(
+        self,
+        engine,
+        model=None,
+        *,
+        param_names: set[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        model_path: str = "",
+    ):
+        if model is None and (param_names is None or not hasattr(engine, "load_weights")):
+            raise ValueError("give the served model, or param_names with an engine that loads weights itself")
         self.engine, self.model, self.model_path = engine, model, model_path
+        self.param_names = param_names if param_names is not None else {n for n, _ in model.named_parameters()}
         self.weights_version = 0
         self.group: WeightGroup | None = None
         self.update_thread: threading.Thread | None = None
@@ -103,7 +119,7 @@ class RolloutServer:
         return {"weights_version": self.weights_version}
 
     def _check_names(self, names) -> None:
-        unknown = sorted(set(names) - {n for n, _ in self.model.named_parameters()})
+        unknown = sorted(set(names) - self.param_names)
         if unknown:
             raise ValueError(f"weights for unknown parameters {unknown[:3]}; trainer and server models differ")
 

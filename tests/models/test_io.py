@@ -15,6 +15,7 @@ from transformers import (
 
 from cascade_rl.cli import main as cli_main
 from cascade_rl.models import CheckpointError, build_tiny_tokenizer, load_policy, save_policy
+from cascade_rl.models.io import load_processor, policy_parameter_names
 from cascade_rl.models.processor import torchvision_available
 
 
@@ -87,6 +88,16 @@ def test_causal_lm_loads_with_its_tokenizer(tmp_path):
     assert isinstance(loaded, Qwen3ForCausalLM)
     assert_same_weights(model, loaded)
     assert loaded_tokenizer.eos_token == "<|im_end|>"
+    assert policy_parameter_names(tmp_path) == {n for n, _ in loaded.named_parameters()}
+    assert load_processor(tmp_path).eos_token == "<|im_end|>"
+
+
+def test_parameter_names_and_processor_without_the_weights(tiny_checkpoint):
+    loaded, processor = load_policy(tiny_checkpoint)
+    # The safetensors files keep transformers' older key layout (language_model.model.*); the names a trainer sends
+    # are the loaded model's (model.language_model.*), which is what the meta-device build gives.
+    assert policy_parameter_names(tiny_checkpoint) == {n for n, _ in loaded.named_parameters()}
+    assert load_processor(tiny_checkpoint).tokenizer.get_vocab() == processor.tokenizer.get_vocab()
 
 
 def test_cli_init_tiny_writes_a_loadable_checkpoint(tmp_path, tiny_internvl):

@@ -159,3 +159,50 @@ def test_a_server_side_error_is_reported_not_retried(served):
     bad = [RolloutRequest("x", [{"role": "user", "content": [{"type": "image"}]}], [])]  # image part, no image
     with pytest.raises(EngineUnavailable, match="server error 500: ValueError: the conversation has more image"):
         client.generate(bad, n=1, sampling=SAMPLING)
+
+
+class WeightOwningEngine:
+    """Stands in for vLLM behind the server: owns its weights and takes them through `load_weights` as they come."""
+
+    def __init__(self):
+        self.loaded: dict[str, torch.Tensor] = {}
+
+    def load_weights(self, named) -> None:
+        for name, tensor in named:
+            self.loaded[name] = tensor.clone()
+
+    def generate(self, requests, *, n, sampling):
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("transport", ["http", "gloo"])
+def test_an_engine_owning_its_weights_needs_only_their_names(tiny_checkpoint, transport):
+    from cascade_rl.models.io import policy_parameter_names
+
+    engine = WeightOwningEngine()
+    names = policy_parameter_names(tiny_checkpoint)  # built on the meta device: no weights loaded
+    server = RolloutServer(engine, param_names=names, port=0, model_path=str(tiny_checkpoint))
+    server.start_in_thread()
+    try:
+        trainer_model, _ = build_tiny_internvl("tiny", seed=3)
+        trainer_model.model.vision_tower.requires_grad_(False)
+        client = ServerEngine(server.url, weight_transport=transport, timeout_s=30, bucket_bytes=64 * 1024)
+        client.update_weights(trainer_model)
+        sent = {n: p for n, p in trainer_model.named_parameters() if p.requires_grad}
+        assert engine.loaded.keys() == sent.keys() and client.health()["weights_version"] == 1
+        assert all(torch.equal(engine.loaded[n], p) for n, p in sent.items())
+        with pytest.raises(EngineUnavailable, match=r"unknown parameters \['bias', 'weight'\]"):
+            ServerEngine(server.url, weight_transport=transport, timeout_s=30, retries=1).update_weights(
+                torch.nn.Linear(2, 2)
+            )
+    finally:
+        server.shutdown()
+
+
+def test_a_server_without_a_model_needs_a_weight_owning_engine():
+    model, processor = build_tiny_internvl("tiny", seed=0)
+    with pytest.raises(ValueError, match="param_names with an engine that loads weights itself"):
+        RolloutServer(HFEngine(model, processor), param_names={"x"}, port=0)
