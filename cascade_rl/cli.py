@@ -21,7 +21,7 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cascade_rl.models.io import policy_parameter_names, load_policy, load_processor
+    from cascade_rl.models.io import load_policy, load_processor, policy_parameter_names
     from cascade_rl.rollout.server import RolloutServer
 
     if args.engine == "vllm":  # vLLM holds the weights; the server keeps only their names
