@@ -274,5 +274,6 @@ def _finish(config, accelerator, model, processor, data_summary, trainable, step
     if accelerator.is_main_process:
         save_policy(merge_lora(model), processor, out / "final")
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()  # no rank exits (and gets the launcher to stop the others) before the save
     accelerator.end_training()
     return summary

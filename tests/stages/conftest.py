@@ -33,6 +33,20 @@ def pairs_file(tmp_path):
     return write_pairs(tmp_path)
 
 
+def multi_rank_mpo_settings(checkpoint, pairs_file, **overrides) -> dict:
+    """MPOConfig fields shared by the runs that compare several ranks with one process (DDP, DeepSpeed)."""
+    path, images = pairs_file
+    settings = dict(
+        model_path=str(checkpoint),
+        pairs=str(path),
+        image_root=str(images),
+        lr=1e-3,
+        warmup_ratio=0.0,
+        max_tiles=4,
+    )
+    return {**settings, **overrides}
+
+
 def write_prompts(directory, n=4):
     """n prompts q0..q{n-1} over rendered 64×64 images; the answer of q_i is i."""
     (directory / "images").mkdir(parents=True, exist_ok=True)

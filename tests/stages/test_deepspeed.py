@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("deepspeed")
 
 import torch.multiprocessing as mp  # noqa: E402
+from stages.conftest import multi_rank_mpo_settings  # noqa: E402
 from stages.ddp_worker import CRASH_EXIT_CODE, deepspeed_env, launch, mpo_rank_main  # noqa: E402
 
 from cascade_rl.models import load_policy  # noqa: E402
@@ -37,18 +38,7 @@ def assert_same_weights(dir_one, dir_two):
 @pytest.mark.slow
 @pytest.mark.parametrize("ds_config", [ZERO2, ZERO3], ids=["zero2", "zero3"])
 def test_mpo_under_deepspeed_with_accumulation_matches_one_process(tiny_checkpoint, pairs_file, tmp_path, ds_config):
-    path, images = pairs_file
-    common = dict(
-        model_path=str(tiny_checkpoint),
-        pairs=str(path),
-        image_root=str(images),
-        lr=1e-3,
-        warmup_ratio=0.0,
-        max_tiles=4,
-        max_steps=1,
-        per_device_batch=1,
-        grad_accum=2,
-    )
+    common = multi_rank_mpo_settings(tiny_checkpoint, pairs_file, max_steps=1, per_device_batch=1, grad_accum=2)
     # The same global batch of 4 pairs in 2 micro-steps: one process scores pairs (2m, 2m + 1) in micro-step m, the
     # two DeepSpeed ranks one each (`micro_batch`), so δ sees the same all-reduced batches in the same order.
     run_mpo(MPOConfig(**{**common, "per_device_batch": 2}, out_dir=str(tmp_path / "one")))
@@ -65,17 +55,7 @@ def test_mpo_under_deepspeed_with_accumulation_matches_one_process(tiny_checkpoi
 @pytest.mark.slow
 @pytest.mark.parametrize("ds_config", [ZERO2, ZERO3], ids=["zero2", "zero3"])
 def test_mpo_under_deepspeed_resumes_the_uninterrupted_trajectory(tiny_checkpoint, pairs_file, tmp_path, ds_config):
-    path, images = pairs_file
-    common = dict(
-        model_path=str(tiny_checkpoint),
-        pairs=str(path),
-        image_root=str(images),
-        lr=1e-3,
-        warmup_ratio=0.0,
-        max_tiles=4,
-        max_steps=3,
-        per_device_batch=1,
-    )
+    common = multi_rank_mpo_settings(tiny_checkpoint, pairs_file, max_steps=3, per_device_batch=1)
 
     def run(out, crash_after_step=0):
         cfg = MPOConfig(**common, out_dir=str(out), save_steps=1)

@@ -5,6 +5,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from stages.conftest import multi_rank_mpo_settings
 from stages.ddp_worker import mpo_rank_main
 
 from cascade_rl.models import load_policy
@@ -20,16 +21,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tiny_checkpoint, pairs_file, tmp_path):
-    path, images = pairs_file
-    common = dict(
-        model_path=str(tiny_checkpoint),
-        pairs=str(path),
-        image_root=str(images),
-        lr=1e-3,
-        warmup_ratio=0.0,
-        max_tiles=4,
-        max_steps=2,
-    )
+    common = multi_rank_mpo_settings(tiny_checkpoint, pairs_file, max_steps=2)
     # One process, 2 pairs per micro-batch; two processes, 1 pair each: the same global batch of 2.
     # Chosen completions all have 13 tokens, so the LM token mean of one micro-batch of 2 equals the mean of
     # the two ranks' means (DDP averages gradients).
