@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from cascade_rl.models.parts import freeze_parts
 from cascade_rl.rewards import RewardRunner
 from cascade_rl.rollout import SamplingParams
 from cascade_rl.stages.groups import Group, compute_old_logps, make_group
+from cascade_rl.stages.gspo_ranks import GroupScorer, all_records, check_ranks, combine_ranks, rank_share
 from cascade_rl.stages.metrics import MetricsLog
 from cascade_rl.stages.scoring import CorrectRule, RewardSpec, check_rules
 from cascade_rl.stages.train_state import load_train_state, save_train_state
@@ -116,10 +118,13 @@ class GSPOTrainer:
         self.config = config
         self.out = Path(config.out_dir)
         self.accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        check_ranks(config, self.world)
         torch.manual_seed(config.seed)
         self.model, self.processor = load_policy(config.model_path)
         freeze_parts(self.model, vision=config.freeze_vision)
         self.model.train()
+        self.scorer = self.accelerator.prepare(GroupScorer(self.model))  # DDP on several processes
         self.pad_id = tokenizer_of(self.processor).pad_token_id or 0
         self.rows, _ = read_prompts(config.prompts, config.image_root, on_error="raise")
         self.order = self._prompt_order()
@@ -139,7 +144,8 @@ class GSPOTrainer:
         )
         self.policy_loss = get_policy_loss(config.policy_loss)
         self.advantage = get_advantage_estimator(config.advantage)
-        self.reference = load_policy(config.model_path)[0].eval() if config.kl_coef > 0 else None
+        reference = load_policy(config.model_path)[0].eval() if config.kl_coef > 0 else None
+        self.reference = reference.to(self.accelerator.device) if reference is not None else None
         self.ledger = PassRateLedger()
 
     def _prompt_order(self) -> list[int]:
@@ -186,10 +192,11 @@ class GSPOTrainer:
         results, records_all = [], []
         for _ in range(3 if c.drop_zero_variance else 1):
             need = c.prompts_per_step - len(groups)
-            rows = [self.rows[i] for i in self.order[cursor : cursor + need]]
-            if not rows:
+            step_rows = [self.rows[i] for i in self.order[cursor : cursor + need]]
+            if not step_rows:
                 break
-            cursor += len(rows)
+            cursor += len(step_rows)
+            rows = rank_share(step_rows, self.rank, self.world)
             new_groups, records, result, seconds = self._sample_groups(rows, step)
             stats["rollout_s"] += seconds
             results.append(result)
@@ -198,7 +205,7 @@ class GSPOTrainer:
             groups += [g for g in new_groups if not (c.drop_zero_variance and g.zero_variance)]
             if len(groups) >= c.prompts_per_step:
                 break
-        self.ledger.update_from_records(records_all)
+        self.ledger.update_from_records(all_records(self.accelerator, records_all))
         stats.update(_rollout_metrics(records_all, results))
         stats["rollout_tokens_per_s"] = stats["rollout_tokens"] = sum(r.num_tokens for r in records_all)
         stats["rollout_tokens_per_s"] /= max(stats["rollout_s"], 1e-9)
@@ -242,8 +249,9 @@ class GSPOTrainer:
         for epoch in range(c.ppo_epochs):
             order = list(range(len(groups)))
             random.Random(f"{c.seed}:{step}:{epoch}").shuffle(order)
-            for start in range(0, len(order), c.mini_batch_prompts):
-                batch = [groups[i] for i in order[start : start + c.mini_batch_prompts]]
+            per_rank = c.mini_batch_prompts // self.world
+            for start in range(0, len(order), per_rank):
+                batch = [groups[i] for i in order[start : start + per_rank]]
                 metrics = self._mini_batch(batch)
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -257,31 +265,39 @@ class GSPOTrainer:
         c = self.config
         n_seq = sum(g.size for g in batch)
         sums = {}
-        for group in batch:
-            logps, mask = group.logps(self.model, temperature=c.temperature, pad_id=self.pad_id)
-            advantages = group.advantages * self._is_weights(group)
-            loss, metrics = self.policy_loss(
-                logps,
-                group.old_logps,
-                advantages.to(logps.device),
-                mask,
-                clip_low=c.clip_low,
-                clip_high=c.clip_high,
-                aggregation=c.aggregation,
-            )
-            if self.reference is not None:
-                kl = self._kl(group, logps, mask)
-                loss = loss + c.kl_coef * kl
-                metrics = {**metrics, "kl": kl.detach()}
-            (loss * group.size / n_seq).backward()
-            for key, value in {"loss": loss.detach(), **metrics}.items():
-                sums[key] = sums.get(key, 0.0) + float(value.float().mean()) * group.size / n_seq
+        for k, group in enumerate(batch):
+            last = k == len(batch) - 1  # DDP averages the gradients over the ranks once, after the last group
+            sync = nullcontext() if last else self.accelerator.no_sync(self.scorer)
+            with sync:
+                logps, mask = self.scorer(group, c.temperature, self.pad_id)
+                self._group_backward(group, logps, mask, n_seq, sums)
         sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         sums["lr"] = self.scheduler.get_last_lr()[0]
         return sums
+
+    def _group_backward(self, group: Group, logps, mask, n_seq: int, sums: dict) -> None:
+        """Backward of one group's share of the mini-batch loss (its sequences / all of them); metrics into sums."""
+        c = self.config
+        advantages = group.advantages * self._is_weights(group)
+        loss, metrics = self.policy_loss(
+            logps,
+            group.old_logps,
+            advantages.to(logps.device),
+            mask,
+            clip_low=c.clip_low,
+            clip_high=c.clip_high,
+            aggregation=c.aggregation,
+        )
+        if self.reference is not None:
+            kl = self._kl(group, logps, mask)
+            loss = loss + c.kl_coef * kl
+            metrics = {**metrics, "kl": kl.detach()}
+        (loss * group.size / n_seq).backward()
+        for key, value in {"loss": loss.detach(), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + float(value.float().mean()) * group.size / n_seq
 
     def _is_weights(self, group: Group) -> torch.Tensor:
         """Sequence-level truncated importance weights min(exp(mean_t(old_trainer − engine)), cap), or ones."""
@@ -302,34 +318,44 @@ class GSPOTrainer:
         """Train from the saved state (if any) to `total` steps; writes metrics, ledger, state and `final/`."""
         c, acc = self.config, self.accelerator
         self.out.mkdir(parents=True, exist_ok=True)
-        dump_yaml(c, self.out / "gspo_config.yaml")
+        if acc.is_main_process:
+            dump_yaml(c, self.out / "gspo_config.yaml")
         start, cursor = self._resume()
         log = MetricsLog(self.out / "metrics.jsonl", acc)
         start_trackers(acc, "cascade_rl_gspo", self.out, {"lr": c.lr, "rollout_n": c.rollout_n})
-        for step in tqdm(range(start, self.total), desc="gspo", unit="step"):
+        for step in tqdm(range(start, self.total), desc="gspo", unit="step", disable=not acc.is_main_process):
             groups, metrics, cursor = self.collect(step, cursor)
             if not groups:
                 break
-            metrics.update(compute_old_logps(self.model, groups, temperature=c.temperature, pad_id=self.pad_id))
+            with acc.autocast():  # the precision of the training forwards, so the first ratios are 1
+                metrics.update(compute_old_logps(self.model, groups, temperature=c.temperature, pad_id=self.pad_id))
             metrics.update(self.update(groups, step))
             self.engine.update_weights(self.model)
-            log.log(step + 1, metrics)
-            self.ledger.save(self.out / "ledger.json")
+            log.log(step + 1, combine_ranks(acc, metrics))
+            if acc.is_main_process:
+                self.ledger.save(self.out / "ledger.json")
             if c.save_steps and (step + 1) % c.save_steps == 0:
-                save_train_state(
-                    self.out / "state",
-                    model=self.model,
-                    optimizer=self.optimizer,
-                    scheduler=self.scheduler,
-                    step=step + 1,
-                    extra={"cursor": cursor},
-                )
+                self._save_state(step + 1, cursor)
         self.runner.close()
-        save_policy(self.model, self.processor, self.out / "final")
         summary = {"steps": self.total, "final": str(self.out / "final"), "ledger_prompts": len(self.ledger)}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if acc.is_main_process:
+            save_policy(self.model, self.processor, self.out / "final")
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        acc.wait_for_everyone()
         acc.end_training()
         return summary
+
+    def _save_state(self, step: int, cursor: int) -> None:
+        if self.accelerator.is_main_process:
+            save_train_state(
+                self.out / "state",
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                step=step,
+                extra={"cursor": cursor},
+            )
+        self.accelerator.wait_for_everyone()
 
     def _resume(self) -> tuple[int, int]:
         state = load_train_state(

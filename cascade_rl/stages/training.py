@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, InitProcessGroupKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.state import AcceleratorState
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
@@ -40,7 +40,11 @@ def make_accelerator(
         log_with=log_with or None,
         project_dir=project_dir,
         gradient_accumulation_steps=grad_accum,
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu and deepspeed else None,
+        kwargs_handlers=[
+            # a batch without images leaves a trainable vision tower unused: DDP must not wait for its gradients
+            DistributedDataParallelKwargs(find_unused_parameters=True),
+            *([InitProcessGroupKwargs(backend="gloo")] if cpu and deepspeed else []),
+        ],
     )
 
 

@@ -77,3 +77,14 @@ def exit_without_teardown() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def gspo_rank_main(rank: int, world: int, port: int, config) -> None:
+    from cascade_rl.stages.gspo import run_gspo
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    run_gspo(config)
+    exit_without_teardown()
