@@ -18,7 +18,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-from cascade_rl.models.vision_cache import embed_with_images
+from cascade_rl.models.vision_cache import embed_in_fixed_order, embed_with_images
 
 CHUNK_SIZE = 512
 
@@ -162,6 +162,7 @@ def packed_logps(
     temperature: float = 1.0,
     pad_id: int = 0,
     chunk_size: int = CHUNK_SIZE,
+    fixed_call_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score K completions of one prompt in one forward over one packed row (see `packed_layout`).
 
@@ -170,6 +171,8 @@ def packed_logps(
     P + Σ (T_k − 1) tokens under a block attention mask, so no prompt keys/values are copied per completion and
     the whole pair is one call. Suits few completions (a preference pair); the dense [L, L] mask grows with Σ T_k.
     Needs an attention implementation that takes a 4-D mask (sdpa or eager, not flash-attention).
+    fixed_call_order: embeddings, vision tower (on a blank tile for a row without images), projector, decoder,
+    in that order for every row (`embed_in_fixed_order`; what ZeRO-3 needs).
     """
     impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if impl.startswith("flash"):
@@ -179,12 +182,15 @@ def packed_logps(
     ids = torch.cat([prompt_ids] + [c[:-1] for c in completions])[None].to(device)
     mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill_(~allowed, torch.finfo(model.dtype).min)
     inputs = {"attention_mask": mask[None, None].to(device), "position_ids": position_ids[None].to(device)}
+    pixels = pixel_values.to(device, model.dtype) if pixel_values is not None else None
     if vision_cache is not None:
         inputs["inputs_embeds"] = embed_with_images(model, ids, vision_cache.to(device))
+    elif fixed_call_order:
+        inputs["inputs_embeds"] = embed_in_fixed_order(model, ids, pixels)
+    elif pixels is not None:
+        inputs.update(input_ids=ids, pixel_values=pixels)
     else:
         inputs["input_ids"] = ids
-        if pixel_values is not None:
-            inputs["pixel_values"] = pixel_values.to(device, model.dtype)
     hidden = _backbone(model)(**inputs, use_cache=False).last_hidden_state[0]  # [L, D]
     read_ids, _ = pad_right(reads, 0)
     targets, target_mask = pad_right(completions, pad_id)

@@ -68,10 +68,10 @@ def pair_num_tokens(processor, messages, num_tiles: list[int], chosen: str, reje
 
 
 def pair_token_logps(
-    model, pair: EncodedPair, *, pad_id: int = 0, chunk_size: int = CHUNK_SIZE
+    model, pair: EncodedPair, *, pad_id: int = 0, chunk_size: int = CHUNK_SIZE, fixed_call_order: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token_logps [2, T_max], mask [2, T_max]) for (chosen, rejected): vision and prompt encoded once, the pair
-    scored in one call over one packed row (`packed_logps`); chunk_size: see `chunked_head_logps`."""
+    scored in one call over one packed row (`packed_logps`); chunk_size, fixed_call_order: as there."""
     return packed_logps(
         model,
         pair.prompt_ids,
@@ -79,4 +79,5 @@ def pair_token_logps(
         pixel_values=pair.pixel_values,
         pad_id=pad_id,
         chunk_size=chunk_size,
+        fixed_call_order=fixed_call_order,
     )

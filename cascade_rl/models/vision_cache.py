@@ -32,3 +32,24 @@ def embed_with_images(model, input_ids: torch.Tensor, features: torch.Tensor) ->
     if int(positions.sum()) != image.numel() // embeds.shape[-1]:
         raise ValueError(f"{int(positions.sum())} image tokens but {image.shape[0]} cached image features")
     return embeds.masked_scatter(positions, image)
+
+
+def embed_in_fixed_order(model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+    """Token embeddings [1, P, D] with the image features in place, computed by the same module calls in the same
+    order whether the row has images or not: embeddings, vision tower, projector. A row without images runs the
+    tower on one blank tile and adds its output × 0 (values unchanged, the tower in the graph with zero gradient).
+    Under ZeRO-3, which gathers parameters per module call and checks that every rank calls the same modules in
+    the same order, this keeps ranks in step whatever their rows hold; the decoder is then called on the result."""
+    embeds = model.get_input_embeddings()(input_ids)
+    if pixel_values is None:
+        vision = model.config.vision_config
+        size = vision.image_size if isinstance(vision.image_size, (list, tuple)) else (vision.image_size,) * 2
+        blank = torch.zeros(1, 3, *size, dtype=embeds.dtype, device=embeds.device)
+        features = model.get_image_features(pixel_values=blank, return_dict=True).pooler_output
+        return embeds + 0 * features.sum()
+    features = model.get_image_features(pixel_values=pixel_values.to(embeds.dtype), return_dict=True).pooler_output
+    features = features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+    positions = (input_ids == model.config.image_token_id).unsqueeze(-1)
+    if int(positions.sum()) != features.shape[0]:
+        raise ValueError(f"{int(positions.sum())} image tokens but {features.shape[0]} image features")
+    return embeds.masked_scatter(positions, features)

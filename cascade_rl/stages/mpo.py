@@ -106,16 +106,23 @@ class PairScorer(torch.nn.Module):
     forward(pairs) → (chosen_logps [B], rejected_logps [B], chosen_token_logps [B, T], chosen_mask [B, T]).
     """
 
-    def __init__(self, model, pad_id: int, chunk_size: int = CHUNK_SIZE):
+    def __init__(self, model, pad_id: int, chunk_size: int = CHUNK_SIZE, fixed_call_order: bool = False):
         super().__init__()
         self.model = model
         self.pad_id = pad_id
         self.chunk_size = chunk_size
+        self.fixed_call_order = fixed_call_order
 
     def forward(self, pairs):
         sums, token_rows, mask_rows = [], [], []
         for pair in pairs:
-            logps, mask = pair_token_logps(self.model, pair, pad_id=self.pad_id, chunk_size=self.chunk_size)
+            logps, mask = pair_token_logps(
+                self.model,
+                pair,
+                pad_id=self.pad_id,
+                chunk_size=self.chunk_size,
+                fixed_call_order=self.fixed_call_order,
+            )
             sums.append(logps.sum(-1))
             token_rows.append(logps[0, : len(pair.chosen_ids)])
             mask_rows.append(mask[0, : len(pair.chosen_ids)])
@@ -172,7 +179,7 @@ def run_mpo(config: MPOConfig) -> dict:
     if not pairs:
         raise ValueError(f"{config.pairs}: no trainable pairs ({data_summary})")
     if zero3:
-        check_zero3_run(config, pairs)
+        check_zero3_run(config)
     precomputed_now = config.reference == "precomputed" and not zero3  # under ZeRO-3: through the engine, below
     ref_logps = reference_logps(config, model, pairs, pad_id, accelerator) if precomputed_now else None
     live = config.reference == "live"
@@ -187,7 +194,7 @@ def run_mpo(config: MPOConfig) -> dict:
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_schedule(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio, total_steps=total)
     fill_deepspeed_buckets(accelerator, model)
-    scorer = PairScorer(model, pad_id, WHOLE_SEQUENCE if zero3 else CHUNK_SIZE)
+    scorer = PairScorer(model, pad_id, WHOLE_SEQUENCE if zero3 else CHUNK_SIZE, fixed_call_order=zero3)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     if zero3:
         ref_logps = reference_from_cache_or_engine(*reference_cache(config, len(pairs)), scorer, pairs, accelerator)

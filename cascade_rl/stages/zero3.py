@@ -1,10 +1,11 @@
 """What MPO does differently under DeepSpeed ZeRO-3, where each rank holds a partition of every parameter.
 
-ZeRO-3 gathers a module's parameters collectively each time the module is called, so every rank must make the same
-module calls in the same order: MPO scores every pair with one vision-tower call (so every pair needs an image), one
-decoder call and one LM-head call (the LM head is not chunked: `WHOLE_SEQUENCE`). transformers loads the policy
-already partitioned, so nothing may run it outside the DeepSpeed engine: the reference pass runs through the
-prepared engine, each rank scoring every world-th pair, and the final checkpoint is gathered from the partitions.
+ZeRO-3 gathers a module's parameters collectively each time the module is called, and checks that every rank calls
+the same modules in the same order. So MPO scores every pair with the same calls: embeddings, vision tower (on a
+blank tile, output added × 0, for a pair without images: `embed_in_fixed_order`), projector, decoder, and one
+LM-head call (not chunked: `WHOLE_SEQUENCE`). transformers loads the policy already partitioned, so nothing may
+run it outside the DeepSpeed engine: the reference pass runs through the prepared engine, each rank scoring every
+world-th pair, and the final checkpoint is gathered from the partitions.
 """
 
 from __future__ import annotations
@@ -20,18 +21,12 @@ from cascade_rl.stages.reference import read_cache, write_cache
 WHOLE_SEQUENCE = 1 << 30  # chunk size: the LM head runs once per pair
 
 
-def check_zero3_run(config, pairs: PairSource) -> None:
+def check_zero3_run(config) -> None:
     """Refuse, naming the way out, what MPO cannot do under ZeRO-3."""
     if config.reference != "precomputed" or config.reference_path:
         raise ValueError("under ZeRO-3 the reference is the starting policy, precomputed: drop reference_path / live")
     if config.lora_rank:
         raise ValueError("LoRA under ZeRO-3 is not supported: use ZeRO-2 (recipes/deepspeed/zero2.json) for LoRA")
-    text_only = [row.row.source for row in pairs.rows if not row.row.images]
-    if text_only:
-        raise ValueError(
-            f"{len(text_only)} pairs have no image (first: {text_only[0]}); under ZeRO-3 every rank must call the "
-            "vision tower for every pair: filter them out or train under ZeRO-2"
-        )
 
 
 @torch.no_grad()

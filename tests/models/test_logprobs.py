@@ -1,9 +1,11 @@
 """Shared-prompt scoring equals independent full forwards: log-probs and gradients (fp32).
 
-Both scorers run every check: `shared_prompt_logps` (prompt keys/values cached and repeated per completion) and
-`packed_logps` (prompt and completions in one packed row under a block attention mask)."""
+Every scorer runs every check: `shared_prompt_logps` (prompt keys/values cached and repeated per completion),
+`packed_logps` (prompt and completions in one packed row under a block attention mask), and `packed_logps` with
+its embeddings built in ZeRO-3's fixed call order."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -25,7 +27,10 @@ def setup():
     return model, prompt, [chosen, rejected]
 
 
-@pytest.fixture(params=[shared_prompt_logps, packed_logps], ids=["kv_cache", "packed"])
+@pytest.fixture(
+    params=[shared_prompt_logps, packed_logps, partial(packed_logps, fixed_call_order=True)],
+    ids=["kv_cache", "packed", "packed_fixed_call_order"],
+)
 def score(request):
     return request.param
 
@@ -184,3 +189,27 @@ def test_packed_scoring_of_a_text_only_causal_lm():
             full = full_sequence_logps(model, prompt, completion)
             torch.testing.assert_close(packed[k, : len(completion)], full, atol=1e-5, rtol=1e-5)
     assert mask.sum(1).tolist() == [4, 1, 6]
+
+
+def test_fixed_call_order_changes_no_value_but_calls_the_vision_tower(setup):
+    model, prompt, completions = setup
+    messages = [{"role": "user", "content": [{"type": "text", "text": "How many squares?"}]}]
+    processor = build_tiny_internvl("tiny", seed=1)[1]  # the setup's processor (same tokenizer)
+    text_prompt = encode_prompt(processor, messages, [], max_tiles=6)
+    calls = []
+    hook = model.model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
+    results = {}
+    for fixed in (False, True):
+        model.zero_grad()
+        logps, _ = packed_logps(model, text_prompt.input_ids, completions, fixed_call_order=fixed)
+        logps.sum().backward()
+        results[fixed] = logps.detach(), grads(model)
+    hook.remove()
+    assert len(calls) == 1  # only the fixed-order pass ran the vision tower (on a blank tile)
+    (plain, plain_grads), (fixed, fixed_grads) = results[False], results[True]
+    assert torch.equal(fixed, plain)
+    vision = [n for n in fixed_grads if "vision_tower" in n]
+    assert vision and not any("vision_tower" in n for n in plain_grads)  # in the graph only in fixed order
+    assert all(torch.count_nonzero(fixed_grads[n]) == 0 for n in vision)  # ... with zero gradient
+    for name in plain_grads:
+        torch.testing.assert_close(fixed_grads[name], plain_grads[name], atol=0, rtol=0, msg=name)

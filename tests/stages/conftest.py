@@ -6,8 +6,9 @@ import pytest
 from synthetic import shapes_image
 
 
-def write_pairs(directory, n: int = 6, *, chosen_len_equal: bool = True) -> tuple:
-    """n pairs over n rendered images; chosen answers have equal token counts (one digit each)."""
+def write_pairs(directory, n: int = 6, *, chosen_len_equal: bool = True, text_only: tuple = ()) -> tuple:
+    """n pairs over n rendered images; chosen answers have equal token counts (one digit each). Pairs whose index is
+    in `text_only` have no image."""
     images = directory / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -16,13 +17,16 @@ def write_pairs(directory, n: int = 6, *, chosen_len_equal: bool = True) -> tupl
         shapes_image(64 + 64 * (i % 2), 64, seed=i).save(images / name)
         rows.append(
             {
-                "image": name,
-                "question": "<image>\nHow many squares are there?",
+                "image": None if i in text_only else name,
+                "question": ("" if i in text_only else "<image>\n") + "How many squares are there?",
                 "chosen": f"I count them. Answer: \\boxed{{{i % 10}}}",
                 "rejected": "I guess. Answer: \\boxed{" + str((i + 3) % 10) + "}" + (" maybe" * (i % 3)),
                 "answer_gt": str(i % 10),
             }
         )
+    for row in rows:
+        if row["image"] is None:
+            del row["image"]
     path = directory / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, images

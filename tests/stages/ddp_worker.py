@@ -21,7 +21,7 @@ def mpo_rank_main(
     if crash_after_step:
         crash_after(crash_after_step)
     run_mpo(config)
-    exit_without_teardown()
+    mark_done()
 
 
 CRASH_EXIT_CODE = 3
@@ -52,31 +52,47 @@ def deepspeed_env(config_file, world: int = 2) -> dict:
 
 
 def launch(fn, args: tuple, *, nprocs: int = 2, timeout_s: float = 300.0) -> None:
-    """Spawn `nprocs` ranks of `fn(rank, *args)` and wait; a rank's exception is re-raised (ProcessRaisedException),
-    and ranks still running after `timeout_s` (a collective that never completes) are killed and reported."""
+    """Spawn `nprocs` ranks of `fn(rank, *args)` and wait. A rank's exception is re-raised (ProcessRaisedException),
+    ranks still running after `timeout_s` (a collective that never completes) are killed and reported, and a rank
+    killed by a signal fails the launch unless every rank had finished its work (`mark_done`): DeepSpeed's CPU
+    accelerator sometimes aborts a rank in interpreter teardown ("terminate called without an active exception"),
+    after the trainer's final barrier, when nothing is left to lose."""
     import time
 
     import torch.multiprocessing as mp
 
     context = mp.start_processes(fn, args=args, nprocs=nprocs, start_method="spawn", join=False)
+    markers = [done_marker(pid) for pid in context.pids()]
     deadline = time.monotonic() + timeout_s
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"ranks of {fn.__name__} still running after {timeout_s:g} s (a hung collective?)")
+    try:
+        while True:
+            try:
+                if context.join(timeout=1.0):
+                    return
+            except mp.ProcessExitedException as err:
+                if err.signal_name and all(marker.exists() for marker in markers):
+                    return
+                raise
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                raise TimeoutError(f"ranks of {fn.__name__} still running after {timeout_s:g} s (a hung collective?)")
+    finally:
+        for marker in markers:
+            marker.unlink(missing_ok=True)
 
 
-def exit_without_teardown() -> None:
-    """End a rank whose work is done and saved without Python's interpreter teardown: under DeepSpeed's CPU
-    accelerator a rank sometimes aborts there ("terminate called without an active exception"), which would make
-    torch.multiprocessing stop the other ranks. Every trainer ends with a barrier after its save, so nothing is
-    lost by skipping the teardown."""
-    import sys
+def done_marker(pid: int):
+    """The file the rank with process id `pid` writes when its work is done."""
+    import tempfile
+    from pathlib import Path
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return Path(tempfile.gettempdir()) / f"cascade_rl_rank_done_{pid}"
+
+
+def mark_done() -> None:
+    """Called by a rank whose trainer returned: its work is done and saved."""
+    done_marker(os.getpid()).touch()
 
 
 def gspo_rank_main(rank: int, world: int, port: int, config) -> None:
@@ -87,4 +103,4 @@ def gspo_rank_main(rank: int, world: int, port: int, config) -> None:
     )
     torch.set_num_threads(1)
     run_gspo(config)
-    exit_without_teardown()
+    mark_done()

@@ -3,7 +3,7 @@
 import os
 
 import torch
-from stages.ddp_worker import exit_without_teardown
+from stages.ddp_worker import mark_done
 
 from cascade_rl.stages.sft import SFTConfig, run_sft
 
@@ -16,4 +16,4 @@ def sft_rank_main(rank: int, world: int, port: int, config: SFTConfig, env: dict
     os.environ.update(env or {})
     torch.set_num_threads(1)
     run_sft(config)
-    exit_without_teardown()
+    mark_done()

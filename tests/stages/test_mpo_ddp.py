@@ -4,9 +4,8 @@ import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from stages.conftest import multi_rank_mpo_settings
-from stages.ddp_worker import mpo_rank_main
+from stages.ddp_worker import launch, mpo_rank_main
 
 from cascade_rl.models import load_policy
 from cascade_rl.stages.metrics import read_metrics
@@ -27,7 +26,7 @@ def test_two_gloo_ranks_match_one_process(tiny_checkpoint, pairs_file, tmp_path)
     # the two ranks' means (DDP averages gradients).
     run_mpo(MPOConfig(**common, out_dir=str(tmp_path / "one"), per_device_batch=2))
     ddp = MPOConfig(**common, out_dir=str(tmp_path / "two"), per_device_batch=1)
-    mp.start_processes(mpo_rank_main, args=(2, free_port(), ddp), nprocs=2, start_method="spawn", join=True)
+    launch(mpo_rank_main, (2, free_port(), ddp))
 
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert len(one) == len(two) == 2

@@ -176,7 +176,7 @@ def test_bad_settings_are_refused():
 def test_two_gloo_ranks_match_one_process(tiny_checkpoint, shapes, tmp_path):
     import socket
 
-    import torch.multiprocessing as mp
+    from stages.ddp_worker import launch
     from stages.sft_ddp_worker import sft_rank_main
 
     # One process with 4 rows per step; two ranks with 2 rows each: the same global batch. Count replies are 8
@@ -187,7 +187,7 @@ def test_two_gloo_ranks_match_one_process(tiny_checkpoint, shapes, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ddp = config(tiny_checkpoint, shapes, tmp_path / "two", max_steps=2, per_device_batch=2)
-    mp.start_processes(sft_rank_main, args=(2, port, ddp), nprocs=2, start_method="spawn", join=True)
+    launch(sft_rank_main, (2, port, ddp))
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert [r["trained_tokens"] for r in two] == [r["trained_tokens"] for r in one]
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
