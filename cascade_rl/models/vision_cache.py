@@ -27,10 +27,16 @@ def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 def embed_with_images(model, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Token embeddings [1, P, D] with the projected cached `features` scattered onto the image-token positions."""
     embeds = model.get_input_embeddings()(input_ids)
-    image = model.model.multi_modal_projector(features).reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+    return scatter_image_features(model, input_ids, embeds, model.model.multi_modal_projector(features))
+
+
+def scatter_image_features(model, input_ids: torch.Tensor, embeds: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """`embeds` [1, P, D] with the projected image features (any shape ending in D) on the image-token positions;
+    a count mismatch is an error naming both counts."""
+    image = image.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
     positions = (input_ids == model.config.image_token_id).unsqueeze(-1)
-    if int(positions.sum()) != image.numel() // embeds.shape[-1]:
-        raise ValueError(f"{int(positions.sum())} image tokens but {image.shape[0]} cached image features")
+    if int(positions.sum()) != image.shape[0]:
+        raise ValueError(f"{int(positions.sum())} image tokens but {image.shape[0]} image features")
     return embeds.masked_scatter(positions, image)
 
 
@@ -48,8 +54,4 @@ def embed_in_fixed_order(model, input_ids: torch.Tensor, pixel_values: torch.Ten
         features = model.get_image_features(pixel_values=blank, return_dict=True).pooler_output
         return embeds + 0 * features.sum()
     features = model.get_image_features(pixel_values=pixel_values.to(embeds.dtype), return_dict=True).pooler_output
-    features = features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
-    positions = (input_ids == model.config.image_token_id).unsqueeze(-1)
-    if int(positions.sum()) != features.shape[0]:
-        raise ValueError(f"{int(positions.sum())} image tokens but {features.shape[0]} image features")
-    return embeds.masked_scatter(positions, features)
+    return scatter_image_features(model, input_ids, embeds, features)

@@ -10,6 +10,7 @@ flat buffers cross the wire. Every collective waits at most `timeout_s`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,10 +32,7 @@ class TensorSpec:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for size in self.shape:
-            n *= size
-        return n
+        return math.prod(self.shape)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -116,7 +114,3 @@ class WeightGroup:
             self.broadcast(flat)
             for spec, piece in zip(chosen, flat.split([s.numel for s in chosen])):
                 yield spec.name, piece.view(spec.shape)
-
-    def close(self) -> None:
-        self.group = None
-        self.store = None

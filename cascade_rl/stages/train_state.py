@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 
 STATE_FILE = "train_state.pt"
 
@@ -95,7 +96,7 @@ def load_deepspeed_state(directory: Path, accelerator, *, scheduler) -> tuple[in
 
 
 def uses_deepspeed(accelerator) -> bool:
-    return str(getattr(accelerator, "distributed_type", "")).endswith("DEEPSPEED")
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
 def save_run_state(directory: Path, accelerator, *, model, optimizer, scheduler, step: int, extra: dict) -> None:

@@ -100,7 +100,11 @@ def prepare_policy(config):
 def zero_stage(accelerator: Accelerator) -> int:
     """The DeepSpeed ZeRO stage this run trains under; 0 without DeepSpeed."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return int(plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0)) if plugin is not None else 0
+    return config_zero_stage(plugin.deepspeed_config) if plugin is not None else 0
+
+
+def config_zero_stage(ds_config: dict) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
 def deepspeed_fields(ds_config: dict, config, world: int, *, zero3: bool = False) -> dict:
@@ -112,7 +116,7 @@ def deepspeed_fields(ds_config: dict, config, world: int, *, zero3: bool = False
     Returns {train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping}; a
     value the DeepSpeed config sets otherwise (not "auto") is refused with both values named.
     """
-    if ds_config.get("zero_optimization", {}).get("stage", 0) == 3 and not zero3:
+    if config_zero_stage(ds_config) == 3 and not zero3:
         raise ValueError("this trainer does not support ZeRO-3 yet: use recipes/deepspeed/zero2.json")
     fields = {
         "train_batch_size": config.per_device_batch * config.grad_accum * world,
