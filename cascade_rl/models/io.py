@@ -95,11 +95,31 @@ def load_policy(path: str | Path, *, dtype: torch.dtype | str | None = None, dev
     return model, processor
 
 
-def save_policy(model, processor, out_dir: str | Path, *, state_dict: dict | None = None) -> Path:
-    """Write model weights (safetensors) and processor/tokenizer files that transformers' Auto classes load.
-    state_dict: the weights to write instead of the model's own (e.g. gathered from ZeRO-3 partitions)."""
+def save_policy(
+    model, processor, out_dir: str | Path, *, state_dict: dict | None = None, dtype: torch.dtype | str | None = None
+) -> Path:
+    """Write model weights (safetensors) and processor/tokenizer files that transformers' Auto classes and vLLM load.
+
+    state_dict: the weights to write instead of the model's own (e.g. gathered from ZeRO-3 partitions).
+    dtype: write floating-point weights in this precision and record it in config.json (e.g. "bfloat16" for a
+    checkpoint to serve; vLLM's dtype "auto" reads it); None keeps the weights' own precision.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        weights = state_dict if state_dict is not None else model.state_dict()
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
     model.save_pretrained(out_dir, safe_serialization=True, state_dict=state_dict)
+    if dtype is not None:
+        _record_dtype(out_dir / "config.json", dtype)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def _record_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    with open(config_file) as f:
+        config = json.load(f)
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    with open(config_file, "w") as f:
+        json.dump(config, f, indent=2)

@@ -22,7 +22,12 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 class InternVLImageProcessor(InternVLProcessor):
-    """`InternVLProcessor` for images only: no video slot, hence no torchvision needed."""
+    """`InternVLProcessor` for images only: no video slot, hence no torchvision needed.
+
+    Its files are a complete `InternVLProcessor`'s: they name that class and carry a video processor entry, so
+    `AutoProcessor.from_pretrained` (and vLLM, which loads the processor that way) read them on a machine with
+    torchvision.
+    """
 
     @classmethod
     def get_attributes(cls) -> list[str]:
@@ -31,7 +36,25 @@ class InternVLImageProcessor(InternVLProcessor):
     def to_dict(self) -> dict:
         data = super().to_dict()
         data["processor_class"] = InternVLProcessor.__name__  # what the files on disk promise to transformers
+        data.setdefault("video_processor", video_processor_dict(self.image_processor))
         return data
+
+
+VIDEO_KEYS_FROM_IMAGES = (
+    "do_convert_rgb", "do_normalize", "do_rescale", "do_resize", "image_mean", "image_std", "resample",
+    "rescale_factor", "size",
+)  # fmt: skip
+
+
+def video_processor_dict(image_processor) -> dict:
+    """The `InternVLVideoProcessor` entry of processor_config.json, frames processed like the images: the entry
+    `InternVLProcessor.save_pretrained` writes, built without torchvision (which the video processor class needs)."""
+    image = image_processor.to_dict()
+    entry = {key: image[key] for key in VIDEO_KEYS_FROM_IMAGES if key in image}
+    for key in ("image_mean", "image_std"):
+        entry[key] = list(entry[key])
+    entry["resample"] = int(entry["resample"])
+    return {**entry, "video_processor_type": "InternVLVideoProcessor", "do_sample_frames": False}
 
 
 def torchvision_available() -> bool:

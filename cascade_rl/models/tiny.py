@@ -1,7 +1,8 @@
 """Tiny InternVL models built in-process: transformers' native InternVL classes with small configs.
 
-Two presets: `tiny` (fast tests) and `internvl3_5_1b_ratio` (vision : LLM parameters ≈ 1 : 2, InternVL3.5-1B's
-proportion of a 0.3B InternViT to a 0.8B Qwen3, for benchmarks with realistic costs).
+Presets: `tiny` (fast tests), `tiny_hd32` (the same with head_dim 32, the smallest vLLM's CPU attention takes) and
+`internvl3_5_1b_ratio` (vision : LLM parameters ≈ 1 : 2, InternVL3.5-1B's proportion of a 0.3B InternViT to a 0.8B
+Qwen3, for benchmarks with realistic costs). `build_tiny_causal_lm` gives a text-only Qwen3 with the same tokenizer.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLVisionConfig, Qwen3Config
+from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLVisionConfig,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from cascade_rl.models.processor import build_internvl_processor
 from cascade_rl.models.tokenizer import build_tiny_tokenizer
@@ -43,6 +50,8 @@ class TinySpec:
 
 TINY_PRESETS = {
     "tiny": TinySpec(),
+    # head_dim = 64 / 2 = 32: vLLM's CPU attention refuses head sizes below 32 (and `tiny` has 16).
+    "tiny_hd32": TinySpec(text_heads=2, text_kv_heads=1),
     # vision ≈ 1/3 of all parameters, as in InternVL3.5-1B (0.3B vision, 0.8B language).
     "internvl3_5_1b_ratio": TinySpec(
         vision_hidden=128, vision_layers=4, vision_heads=4, text_hidden=128, text_layers=9, text_heads=4
@@ -50,17 +59,9 @@ TINY_PRESETS = {
 }
 
 
-def tiny_internvl_config(spec: TinySpec, tokenizer) -> InternVLConfig:
-    """InternVLConfig with an InternViT-style vision tower and a Qwen3 text model of the given sizes."""
-    vision = InternVLVisionConfig(
-        hidden_size=spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.vision_heads,
-        intermediate_size=4 * spec.vision_hidden,
-        image_size=spec.tile_size,
-        patch_size=spec.patch_size,
-    )
-    text = Qwen3Config(
+def tiny_text_config(spec: TinySpec, tokenizer) -> Qwen3Config:
+    """The Qwen3 language model of a tiny InternVL (or a tiny text-only policy)."""
+    return Qwen3Config(
         vocab_size=len(tokenizer),
         hidden_size=spec.text_hidden,
         num_hidden_layers=spec.text_layers,
@@ -74,9 +75,21 @@ def tiny_internvl_config(spec: TinySpec, tokenizer) -> InternVLConfig:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def tiny_internvl_config(spec: TinySpec, tokenizer) -> InternVLConfig:
+    """InternVLConfig with an InternViT-style vision tower and a Qwen3 text model of the given sizes."""
+    vision = InternVLVisionConfig(
+        hidden_size=spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        intermediate_size=4 * spec.vision_hidden,
+        image_size=spec.tile_size,
+        patch_size=spec.patch_size,
+    )
     return InternVLConfig(
         vision_config=vision,
-        text_config=text,
+        text_config=tiny_text_config(spec, tokenizer),
         image_token_id=tokenizer.context_image_token_id,
         image_seq_length=spec.tokens_per_tile,
         downsample_ratio=0.5,
@@ -107,6 +120,18 @@ def build_tiny_internvl(spec: TinySpec | str = "tiny", *, seed: int = 0, **overr
     return model.eval(), processor
 
 
+def build_tiny_causal_lm(spec: TinySpec | str = "tiny_hd32", *, seed: int = 0):
+    """Build (model, tokenizer): a randomly initialised text-only Qwen3 with the tiny tokenizer (ChatML template)."""
+    spec = TINY_PRESETS[spec] if isinstance(spec, str) else spec
+    tokenizer = build_tiny_tokenizer(spec.vocab_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(tiny_text_config(spec, tokenizer))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
 def vision_language_parameter_counts(model) -> tuple[int, int]:
     """(vision tower + projector, language model) parameter counts."""
     inner = model.model
@@ -116,9 +141,9 @@ def vision_language_parameter_counts(model) -> tuple[int, int]:
     return vision, language
 
 
-def init_tiny(out_dir: str | Path, preset: str = "tiny", *, seed: int = 0) -> Path:
-    """Write a tiny InternVL checkpoint (safetensors + processor files) to `out_dir`."""
+def init_tiny(out_dir: str | Path, preset: str = "tiny", *, seed: int = 0, dtype: str | None = None) -> Path:
+    """Write a tiny InternVL checkpoint (safetensors + processor files) to `out_dir`, in `dtype` if given."""
     from cascade_rl.models.io import save_policy
 
     model, processor = build_tiny_internvl(preset, seed=seed)
-    return save_policy(model, processor, out_dir)
+    return save_policy(model, processor, out_dir, dtype=dtype)

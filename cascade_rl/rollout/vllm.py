@@ -1,11 +1,19 @@
-"""VLLMEngine: rollouts from `vllm.LLM` offline generation (optional extra `cascade-rl[vllm]`, GPU only).
+"""VLLMEngine: rollouts from `vllm.LLM` offline generation in the trainer's process (optional extra `[vllm]`).
 
-Prompts are rendered with the checkpoint's own chat template (an image part becomes `<IMG_CONTEXT>`, which vLLM's
-InternVL processor expands); n samples per prompt come from one request with `n=`; `logprobs=0` returns the
-log-prob of each sampled token. Colocated with training: with `sleep=True` the engine sleeps (weights offloaded,
-KV cache freed) between calls so the trainer gets the GPU memory back, and `update_weights` loads the trainer's
-weights in-process (vLLM's engine core runs in this process: VLLM_ENABLE_V1_MULTIPROCESSING=0).
-Not yet verified on a GPU: see the README's support table.
+- Prompts are rendered with the checkpoint's own chat template; an image part becomes `<IMG_CONTEXT>`, which vLLM's
+  InternVL processor expands exactly as `models.encode_prompt` does (a test checks the token ids are equal).
+- n samples per prompt come from one request with `n=`. With `sampling.seed` set, the request is seeded by
+  (seed, prompt id) and vLLM gives sample k the seed + k: a prompt's samples do not depend on what else is in the call,
+  and differ from every other prompt's.
+- Log-probs are vLLM's `processed_logprobs`: log_softmax of the logits after temperature (and after top-k / top-p
+  filtering when those are on), the quantity the trainer recomputes as log_softmax(logits / T). Image tokens are
+  never sampled (logit bias −100), which removes their share p_img from the normaliser: engine log-probs exceed the
+  trainer's by log(1 / (1 − p_img)), about p_img (tests measure it).
+- Weights: `update_weights(model)` loads the trainer's weights in-process through vLLM's in-place reload (the
+  engine core runs in this process: VLLM_ENABLE_V1_MULTIPROCESSING=0), then drops the prefix cache and the encoder
+  cache, whose entries (prompt KV, image embeddings) belong to the old weights.
+- Colocated on a GPU with `settings.sleep`: between calls the engine sleeps (weights offloaded, KV cache freed) so
+  training gets the memory back; a weight update wakes the weights only, generation then wakes the KV cache.
 """
 
 from __future__ import annotations
@@ -14,78 +22,147 @@ import os
 
 from cascade_rl.models import tokenizer_of
 from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
+from cascade_rl.rollout.hf import request_seed
+from cascade_rl.rollout.vllm_support import VLLMSettings, check_servable, require_vllm
+
+IMAGE_TOKEN_BIAS = -100.0  # vLLM's smallest logit bias
 
 
 class VLLMEngine:
-    """Colocated vLLM engine over a Hugging Face format checkpoint directory."""
+    """Colocated vLLM engine over a Hugging Face format checkpoint directory (InternVL or a causal LM)."""
 
-    def __init__(self, model_path: str, processor, *, max_tiles: int = 12, sleep: bool = False, **llm_kwargs):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # weights must be reachable in-process
+    def __init__(
+        self,
+        model_path: str,
+        processor,
+        *,
+        max_tiles: int = 12,
+        settings: VLLMSettings | None = None,
+        **llm_kwargs,
+    ):
+        require_vllm()
+        check_servable(model_path)
+        settings = settings or VLLMSettings()
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # weights must be reachable in this process
         from vllm import LLM  # imported here: vLLM is an optional extra
+        from vllm.platforms import current_platform
 
         self.processor = processor
-        self.max_tiles = max_tiles
-        self.sleep_between_calls, self.asleep = sleep, False
-        llm_kwargs.setdefault("mm_processor_kwargs", {"max_patches": max_tiles, "crop_to_patches": True})
-        self.llm = LLM(model=str(model_path), enable_sleep_mode=sleep, **llm_kwargs)
+        self.tokenizer = tokenizer_of(processor)
+        self.sleep_between_calls = settings.sleep and current_platform.is_sleep_mode_available()
+        self.awake = {"weights", "kv_cache"}
+        if hasattr(processor, "image_processor"):
+            llm_kwargs.setdefault("mm_processor_kwargs", {"max_patches": max_tiles, "crop_to_patches": True})
+        if settings.max_model_len:
+            llm_kwargs.setdefault("max_model_len", settings.max_model_len)
+        if settings.kv_cache_gib:
+            llm_kwargs.setdefault("kv_cache_memory_bytes", int(settings.kv_cache_gib * 2**30))
+        self.llm = LLM(
+            model=str(model_path),
+            dtype=settings.dtype,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enforce_eager=settings.enforce_eager,
+            enable_sleep_mode=self.sleep_between_calls,
+            logprobs_mode="processed_logprobs",
+            generation_config="vllm",  # sampling comes from SamplingParams only, not the checkpoint's defaults
+            **llm_kwargs,
+        )
+        self.suppressed = {int(i): IMAGE_TOKEN_BIAS for i in getattr(processor, "image_token_ids", [])}
 
     def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
         """len(requests) × n rollouts, request by request, sample index 0..n-1 within each request."""
         prompts = [self._prompt(r) for r in requests]
-        self._wake()
-        outputs = self.llm.generate(prompts, self._sampling(n, sampling), use_tqdm=False)
+        params = [self._sampling(n, sampling, r.prompt_id) for r in requests]
+        self._wake(["weights", "kv_cache"])
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
         self._sleep()
-        eos = tokenizer_of(self.processor).eos_token_id
-        rollouts = []
-        for request, output in zip(requests, outputs):
-            for k, sample in enumerate(output.outputs):
-                ids = list(sample.token_ids)
-                logps = [step[token].logprob for step, token in zip(sample.logprobs, ids)]
-                reason = "stop" if sample.finish_reason == "stop" or (ids and ids[-1] == eos) else "length"
-                rollouts.append(Rollout(request.prompt_id, k, sample.text, ids, logps, reason, dict(request.meta)))
-        return rollouts
+        return [self._rollout(r, k, s) for r, out in zip(requests, outputs) for k, s in enumerate(out.outputs)]
+
+    def _rollout(self, request: RolloutRequest, k: int, sample) -> Rollout:
+        ids = list(sample.token_ids)
+        logps = [step[token].logprob for step, token in zip(sample.logprobs, ids)]
+        stopped = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
+        reason = "stop" if stopped or sample.finish_reason == "stop" else "length"
+        text = self.tokenizer.decode(ids[:-1] if stopped else ids)  # as HFEngine: special tokens kept, end cut
+        return Rollout(request.prompt_id, k, text, ids, logps, reason, dict(request.meta))
 
     def _prompt(self, request: RolloutRequest) -> dict:
         text = self.processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
         prompt = {"prompt": text}
         if request.images:
-            prompt["multi_modal_data"] = {"image": request.images}
+            prompt["multi_modal_data"] = {"image": [im.convert("RGB") for im in request.images]}
         return prompt
 
-    def _sampling(self, n: int, sampling: SamplingParams):
+    def _sampling(self, n: int, sampling: SamplingParams, prompt_id: str):
         from vllm import SamplingParams as VllmSampling
 
+        seed = None if sampling.seed is None else request_seed(sampling.seed, prompt_id, 0) % 2**31
         return VllmSampling(
             n=n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k,
             max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
+            seed=seed,
             logprobs=0,
+            logit_bias=self.suppressed or None,
+            skip_special_tokens=False,
         )
 
     def update_weights(self, model) -> None:
-        """Load the trainer's weights (Hugging Face names; vLLM maps them) into the in-process engine."""
-        self.load_weights((n, p.detach()) for n, p in model.state_dict().items())
+        """Load the trainer's weights (Hugging Face names; vLLM maps them) into the in-process engine. A tied tensor
+        goes once, under its first name, as in a saved checkpoint (vLLM keeps no separate tied LM head)."""
+        self.load_weights(untied_state(model))
 
     def load_weights(self, named) -> None:
         """Load (Hugging Face name, tensor) pairs as they come, e.g. buckets arriving over a weight group."""
-        self._wake()
-        worker_model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        worker_model.load_weights(weights=named)
-        self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
-        self._sleep()
+        self._wake(["weights"])  # the KV cache stays asleep until the next generate
+        # vLLM's in-place reload: checkpoint-format names and shapes in, kernel layouts (e.g. the CPU backend's
+        # repacked linear weights) rebuilt after loading, as when the checkpoint was first read.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named, "is_checkpoint_format": True})
+        self.llm.apply_model(repack_embeddings)
+        self.llm.reset_prefix_cache()  # cached prompt states were computed with the old weights
+        self.llm.llm_engine.reset_encoder_cache()  # and so were cached image embeddings
 
-    def _wake(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+    def _wake(self, tags: list[str]) -> None:
+        missing = [tag for tag in tags if tag not in self.awake]
+        if missing:
+            self.llm.wake_up(tags=missing)
+            self.awake.update(missing)
 
     def _sleep(self) -> None:
-        if self.sleep_between_calls and not self.asleep:
+        if self.sleep_between_calls and self.awake:
             self.llm.sleep(level=1)
-            self.asleep = True
+            self.awake.clear()
 
     def close(self) -> None:
+        """Free the engine (its KV cache and weights) so another can start in this process."""
+        import gc
+
+        self.llm.llm_engine.engine_core.shutdown()
         del self.llm
+        gc.collect()
+
+
+def untied_state(model):
+    """(name, tensor) of the model's state dict, each storage once (tied weights under their first name)."""
+    seen = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            yield name, tensor.detach()
+
+
+def repack_embeddings(model) -> None:
+    """Rebuild the GEMM kernels of the embedding / LM-head modules from their current weights.
+
+    vLLM's CPU backend packs the LM head's weight for its GEMM when the model loads. With tied embeddings the in-place
+    reload (vLLM 0.32) updates the shared weight but not that packed copy, so the head kept scoring with the old
+    embeddings (tests/vllm/test_engine.py caught it). Embedding modules keep their weight, so repacking is safe; on
+    GPUs, where the head reads the weight directly, it does nothing.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, VocabParallelEmbedding):
+            module.quant_method.process_weights_after_loading(module)

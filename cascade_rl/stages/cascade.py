@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade_rl.config import ConfigError, from_dict
+from cascade_rl.rollout.vllm_support import require_vllm
 from cascade_rl.stages.manifest import Manifest, config_hash
 
 STAGE_ORDER = ("sft", "rollout", "pairs", "mpo", "filter", "gspo", "eval")
@@ -171,7 +172,8 @@ def validate(config: CascadeConfig) -> list:
 
 def run_cascade(config: CascadeConfig) -> dict:
     """Run every stage not yet done (per the manifest); returns {stage: summary}."""
-    validate(config)
+    if any(getattr(built, "engine", None) == "vllm" for built in validate(config)):
+        require_vllm()  # before the first stage, not when the rollout stage is reached
     config.run_dir.mkdir(parents=True, exist_ok=True)
     (config.run_dir / "cascade_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     manifest = Manifest(config.run_dir / "manifest.json", config.name)

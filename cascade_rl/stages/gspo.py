@@ -27,6 +27,7 @@ from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.parts import freeze_parts
 from cascade_rl.rewards import RewardRunner
 from cascade_rl.rollout import SamplingParams
+from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 from cascade_rl.stages.groups import Group, compute_old_logps, make_group
 from cascade_rl.stages.gspo_ranks import GroupScorer, all_records, check_ranks, combine_ranks, rank_share
 from cascade_rl.stages.metrics import MetricsLog
@@ -75,6 +76,7 @@ class GSPOConfig:
     max_new_tokens: int = 1024
     max_tiles: int = 12
     engine_batch_size: int = 16
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
     freeze_vision: bool = True
     kl_coef: float = 0.0
     is_correction: str = "none"
@@ -120,6 +122,8 @@ class GSPOTrainer:
         self.accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         check_ranks(config, self.world)
+        if engine is None and config.engine == "vllm":
+            require_vllm()  # before any work
         torch.manual_seed(config.seed)
         self.model, self.processor = load_policy(config.model_path)
         freeze_parts(self.model, vision=config.freeze_vision)
@@ -174,7 +178,9 @@ class GSPOTrainer:
         if self.config.engine == "vllm":
             from cascade_rl.rollout.vllm import VLLMEngine
 
-            return VLLMEngine(self.config.model_path, self.processor, max_tiles=self.config.max_tiles, sleep=True)
+            return VLLMEngine(
+                self.config.model_path, self.processor, max_tiles=self.config.max_tiles, settings=self.config.vllm
+            )
         from cascade_rl.rollout import HFEngine
 
         return HFEngine(

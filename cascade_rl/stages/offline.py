@@ -25,6 +25,7 @@ from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rewards import RewardResult, RewardRunner
 from cascade_rl.rewards.parsing import extract_final_answer
 from cascade_rl.rollout import Rollout, SamplingParams
+from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 from cascade_rl.stages.scoring import CorrectRule, RewardSpec, check_rules, grade, reward_columns
 
 
@@ -59,6 +60,7 @@ class RolloutStageConfig:
     prompts_per_batch: int = 8
     system_prompt: str | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     reward_timeout_s: float = 5.0
@@ -75,20 +77,25 @@ class RolloutStageConfig:
 
 
 def make_engine(config: RolloutStageConfig):
-    from cascade_rl.models import load_policy
+    """The stage's engine; vLLM reads the weights itself, so only the processor is loaded for it."""
+    from cascade_rl.models.io import load_policy, load_processor
 
-    model, processor = load_policy(config.model_path)
     if config.engine == "vllm":
         from cascade_rl.rollout.vllm import VLLMEngine
 
-        return VLLMEngine(config.model_path, processor, max_tiles=config.max_tiles)
+        return VLLMEngine(
+            config.model_path, load_processor(config.model_path), max_tiles=config.max_tiles, settings=config.vllm
+        )
     from cascade_rl.rollout import HFEngine
 
+    model, processor = load_policy(config.model_path)
     return HFEngine(model, processor, max_tiles=config.max_tiles, batch_size=config.engine_batch_size)
 
 
 def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     """Sample, score and store rollouts for every prompt not yet done; write the ledger and a summary."""
+    if engine is None and config.engine == "vllm":
+        require_vllm()  # before any work
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, out / "rollout_config.yaml")
