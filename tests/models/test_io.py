@@ -7,7 +7,6 @@ import torch
 from transformers import (
     AutoImageProcessor,
     AutoModelForImageTextToText,
-    AutoProcessor,
     AutoTokenizer,
     Qwen3Config,
     Qwen3ForCausalLM,
@@ -16,7 +15,6 @@ from transformers import (
 from cascade_rl.cli import main as cli_main
 from cascade_rl.models import CheckpointError, build_tiny_tokenizer, load_policy, save_policy
 from cascade_rl.models.io import load_processor, policy_parameter_names
-from cascade_rl.models.processor import torchvision_available
 
 
 def assert_same_weights(a, b):
@@ -46,11 +44,25 @@ def test_checkpoint_is_plain_transformers(tiny_internvl, tiny_checkpoint):
     assert not list(tiny_checkpoint.glob("*.bin"))
 
 
-@pytest.mark.skipif(not torchvision_available(), reason="InternVLProcessor's video slot needs torchvision")
-def test_plain_auto_processor_loads(tiny_checkpoint):
-    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
-    assert type(processor).__name__ == "InternVLProcessor"
-    assert processor.image_seq_length == 16
+def test_processor_files_are_a_complete_internvl_processor(tiny_checkpoint):
+    """What `AutoProcessor` reads (loaded for real in tests/vllm_cpu, where torchvision is): the class, the image and
+    video processor entries, the chat template."""
+    config = json.loads((tiny_checkpoint / "processor_config.json").read_text())
+    assert config["processor_class"] == "InternVLProcessor" and config["image_seq_length"] == 16
+    image, video = config["image_processor"], config["video_processor"]
+    assert video["video_processor_type"] == "InternVLVideoProcessor"
+    for key in ("size", "image_mean", "image_std", "rescale_factor", "resample"):
+        assert video[key] == image[key], key  # frames are processed like images
+    assert (tiny_checkpoint / "chat_template.jinja").read_text().startswith("{%")
+
+
+def test_save_in_bfloat16_records_the_dtype(tiny_internvl, tmp_path):
+    model, processor = tiny_internvl
+    save_policy(model, processor, tmp_path, dtype="bfloat16")
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    loaded, _ = load_policy(tmp_path, dtype="auto")
+    assert loaded.dtype == torch.bfloat16
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
 
 
 def test_pickle_weights_are_refused(tmp_path):
