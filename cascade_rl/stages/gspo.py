@@ -140,7 +140,7 @@ class GSPOTrainer:
         self.scheduler = make_schedule(
             config.lr_schedule, self.optimizer, warmup_ratio=config.warmup_ratio, total_steps=self.total * per_step
         )
-        self.engine = engine or self._make_engine()
+        self.owns_engine, self.engine = engine is None, engine or self._make_engine()
         self.runner = RewardRunner(
             [r.name for r in config.rewards],
             weights=[r.weight for r in config.rewards],
@@ -343,6 +343,8 @@ class GSPOTrainer:
             if c.save_steps and (step + 1) % c.save_steps == 0:
                 self._save_state(step + 1, cursor)
         self.runner.close()
+        if self.owns_engine:
+            self.engine.close()  # a vLLM engine frees its device memory before the next stage starts
         summary = {"steps": self.total, "final": str(self.out / "final"), "ledger_prompts": len(self.ledger)}
         if acc.is_main_process:
             save_policy(self.model, self.processor, self.out / "final")

@@ -103,7 +103,7 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     store = RolloutStore(out / "rollouts")
     done = store.done_prompt_ids(config.sampling.n)
     todo = [row for row in rows if row.id not in done]
-    engine = engine or make_engine(config)
+    owned, engine = engine is None, engine or make_engine(config)
     sampling = SamplingParams(**{k: getattr(config.sampling, k) for k in SamplingParams.__dataclass_fields__})
     started, stats = time.time(), {"prompts": len(todo), "rollouts": 0, "tokens": 0}
     with RewardRunner(
@@ -118,6 +118,8 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
             stats["rollouts"] += len(records)
             stats["tokens"] += sum(r.num_tokens for r in records)
     store.close()
+    if owned:
+        engine.close()  # a vLLM engine frees its device memory before the next stage starts
     ledger = PassRateLedger.from_records(RolloutStore(out / "rollouts", readonly=True).iter_records())
     ledger.save(out / "ledger.json")
     summary = {

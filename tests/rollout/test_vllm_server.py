@@ -7,15 +7,16 @@ import subprocess
 import sys
 import time
 
-import pytest
+import importlib.util
 
-vllm = pytest.importorskip("vllm")
-torch = pytest.importorskip("torch")
+import pytest
+import torch
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.vllm,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed"),
 ]
 
 

@@ -9,6 +9,7 @@ from stages.conftest import write_prompts
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.models import load_policy
+from cascade_rl.rollout.vllm import VLLMEngine
 from cascade_rl.rollout.vllm_support import VLLMSettings
 from cascade_rl.stages.gspo import GSPOConfig, GSPOTrainer
 from cascade_rl.stages.metrics import read_metrics
@@ -49,7 +50,7 @@ def test_rollout_stage_with_vllm_stores_every_sample(hd32_checkpoint, tmp_path):
     assert run_rollouts(config)["rollouts"] == 0  # rerun: every prompt already stored
 
 
-def test_gspo_steps_with_a_colocated_vllm_engine(hd32_checkpoint, tmp_path):
+def test_gspo_steps_with_a_colocated_vllm_engine(hd32_checkpoint, tmp_path, monkeypatch):
     prompts = write_prompts(tmp_path, n=4)
     config = GSPOConfig(
         model_path=str(hd32_checkpoint),
@@ -71,18 +72,24 @@ def test_gspo_steps_with_a_colocated_vllm_engine(hd32_checkpoint, tmp_path):
         clip_high=0.2,
         reward_timeout_s=30.0,
     )
+    engine_norms = []
+
+    def close_after_reading_the_norm(engine):
+        norm = engine.llm.apply_model(lambda m: m.language_model.model.norm.weight.detach().clone())[0]
+        engine_norms.append(norm)
+        original_close(engine)
+
+    original_close = VLLMEngine.close
+    monkeypatch.setattr(VLLMEngine, "close", close_after_reading_the_norm)
     trainer = GSPOTrainer(config)
-    try:
-        trainer.run()
-        rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
-        assert [r["step"] for r in rows] == [1, 2]
-        # Step 1 samples from the checkpoint, step 2 from the weights pushed after step 1's update: in both, the
-        # engine's log-probs are the trainer's old log-probs up to the image tokens' share (about 3/704 per token).
-        assert all(0.0 <= r["logprob_gap_engine_vs_trainer"] < 0.01 for r in rows)
-        # After the last step the engine holds the trained weights (the final norm stands for all of them).
-        engine_norm = trainer.engine.llm.apply_model(lambda m: m.language_model.model.norm.weight.detach().clone())
-        trained_norm = trainer.model.model.language_model.norm.weight.detach()
-        assert not torch.equal(trained_norm, load_policy(hd32_checkpoint)[0].model.language_model.norm.weight)
-        torch.testing.assert_close(engine_norm[0], trained_norm, atol=0, rtol=0)
-    finally:
-        trainer.engine.close()
+    trainer.run()
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    # Step 1 samples from the checkpoint, step 2 from the weights pushed after step 1's update: in both, the engine's
+    # log-probs are the trainer's old log-probs up to the image tokens' share (about 3/704 per token).
+    assert all(0.0 <= r["logprob_gap_engine_vs_trainer"] < 0.01 for r in rows)
+    # The trainer closed its engine at the end, holding the trained weights (the final norm stands for all of them).
+    trained_norm = trainer.model.model.language_model.norm.weight.detach()
+    assert not torch.equal(trained_norm, load_policy(hd32_checkpoint)[0].model.language_model.norm.weight)
+    (engine_norm,) = engine_norms
+    torch.testing.assert_close(engine_norm, trained_norm, atol=0, rtol=0)
