@@ -1,13 +1,12 @@
 """`cascade-rl serve --engine vllm` on a GPU: rollouts over HTTP, weights over HTTP or NCCL (the server on a second
 GPU: NCCL joins two processes on two devices)."""
 
+import importlib.util
 import os
 import socket
 import subprocess
 import sys
 import time
-
-import importlib.util
 
 import pytest
 import torch
