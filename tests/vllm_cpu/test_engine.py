@@ -161,3 +161,24 @@ def test_text_only_causal_lm(causal_engine, causal_checkpoint):
         assert greedy(causal_engine, request) == hf_greedy(other, tokenizer, request)
     finally:
         causal_engine.update_weights(model)
+
+
+def test_partial_weight_load_keeps_the_weights_not_sent(internvl_engine, hd32_internvl):
+    """A server gets only the trainable weights (the frozen vision tower is not resent): the layers that are sent
+    change, the others keep what they had."""
+    model, processor = hd32_internvl
+    changed = copy_of(model)
+    with torch.no_grad():
+        for p in changed.model.multi_modal_projector.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+        changed.model.language_model.layers[0].mlp.down_proj.weight.mul_(2.0)
+    sent = [(n, t) for n, t in changed.state_dict().items() if "projector" in n or "layers.0.mlp.down_proj" in n]
+    request = image_request("a", seed=6)
+    try:
+        internvl_engine.load_weights(iter(sent))
+        (rollout,) = sampled(internvl_engine, [request], 1, temperature=1.0, max_new_tokens=8, seed=4)
+        suppressed = sorted(internvl_engine.suppressed)
+        _, expected, _ = trainer_and_expected(changed, processor, request, rollout, 1.0, suppressed)
+        torch.testing.assert_close(torch.tensor(rollout.logprobs), expected, atol=2e-5, rtol=0)
+    finally:
+        internvl_engine.update_weights(model)
