@@ -55,6 +55,10 @@ class VLLMEngine:
             llm_kwargs.setdefault("mm_processor_kwargs", {"max_patches": max_tiles, "crop_to_patches": True})
         if settings.max_model_len:
             llm_kwargs.setdefault("max_model_len", settings.max_model_len)
+        if current_platform.is_cpu():
+            # vLLM's CPU backend crashes on a seeded request whose prefill is split over steps (it rewinds the
+            # request's generator, which CPU generators cannot do): prefill every prompt whole.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         if settings.kv_cache_gib:
             llm_kwargs.setdefault("kv_cache_memory_bytes", int(settings.kv_cache_gib * 2**30))
         self.llm = LLM(

@@ -182,3 +182,12 @@ def test_partial_weight_load_keeps_the_weights_not_sent(internvl_engine, hd32_in
         torch.testing.assert_close(torch.tensor(rollout.logprobs), expected, atol=2e-5, rtol=0)
     finally:
         internvl_engine.update_weights(model)
+
+
+def test_many_seeded_samples_in_one_call(internvl_engine):
+    """More prompt tokens than one engine step schedules (12 × 8 image prompts of ~70 tokens > 4096): with chunked
+    prefill, vLLM's CPU backend crashed rewinding a seeded request's generator ("CPU Generator does not use
+    offset"); the engine prefills prompts whole on the CPU."""
+    requests = [image_request(f"p{i}", seed=i) for i in range(12)]
+    out = sampled(internvl_engine, requests, 8, temperature=1.0, max_new_tokens=4, seed=0)
+    assert len(out) == 96 and len({tuple(r.token_ids) for r in out}) > 90
