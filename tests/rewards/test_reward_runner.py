@@ -116,7 +116,7 @@ def test_crashing_worker_is_an_error_and_replaced(user_rewards):
 
 def test_reward_that_sleeps_forever_times_out_within_the_bound(user_rewards):
     name = f"{MODULE}:sleeping_reward"
-    timeout, workers = 1.0, 2
+    timeout, workers = 2.0, 2
     completions = ["ok"] * 10 + ["sleep"] * 3 + ["ok"] * 10
     with RewardRunner([name], num_workers=workers, timeout_s=timeout) as runner:
         runner.score(["ok"])  # workers up
@@ -125,11 +125,12 @@ def test_reward_that_sleeps_forever_times_out_within_the_bound(user_rewards):
         elapsed = time.perf_counter() - start
         assert result.per_reward[name] == [1.0] * 10 + [None] * 3 + [1.0] * 10
         assert result.timeouts[name] == 3 and result.errors[name] == 0
-        # timeout x ceil(stuck / workers) = 1 x 2 s, plus a little for killing and replacing workers
-        assert elapsed < timeout * math.ceil(3 / workers) + 1.0
+        # Side by side: timeout x ceil(stuck / workers) = 2 x 2 s, plus killing and replacing workers. One after the
+        # other would take at least 3 x 2 s: the bound sits there, so a loaded machine's slack cannot fail it.
+        assert elapsed < timeout * 3
         start = time.perf_counter()
         assert runner.score(["ok", "ok"]).per_reward[name] == [1.0, 1.0]  # replacements work
-        assert time.perf_counter() - start < 0.5
+        assert time.perf_counter() - start < timeout  # answered, not waited out
 
 
 def test_stuck_samples_in_one_chunk_run_side_by_side(user_rewards):
@@ -144,7 +145,7 @@ def test_stuck_samples_in_one_chunk_run_side_by_side(user_rewards):
         elapsed = time.perf_counter() - start
     assert result.timeouts[name] == 2
     assert result.per_reward[name] == [None, None] + [1.0] * 10
-    assert elapsed < timeout * 1 + 1.5
+    assert elapsed < timeout * 2  # about one timeout; one after the other would be at least two
 
 
 def test_random_mixes_of_stuck_slow_raising_and_crashing_samples(user_rewards):
@@ -258,12 +259,17 @@ def worker_pids(runner, n=8):
     return set(runner.score(["x"] * n).per_reward[f"{MODULE}:pid_reward"])
 
 
+def pool_pids(runner) -> set:
+    return {worker.process.pid for worker in runner._pool._workers}
+
+
 def test_pool_is_persistent_and_separate(user_rewards):
+    # Which workers a call reaches depends on which was ready first; the pool's own processes do not.
     with RewardRunner([f"{MODULE}:pid_reward"], num_workers=2) as runner:
-        first = worker_pids(runner, 64)
-        assert os.getpid() not in first
-        assert worker_pids(runner, 64) <= first | set()  # no new processes between calls
-        assert len(first) <= 2
+        pool = pool_pids(runner)
+        assert len(pool) == 2 and os.getpid() not in pool
+        assert worker_pids(runner, 64) <= pool  # scored in the pool's processes, never in this one
+        assert worker_pids(runner, 64) <= pool and pool_pids(runner) == pool  # no new processes between calls
 
 
 def _alive(pid):
