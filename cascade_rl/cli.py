@@ -182,11 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from cascade_rl.config import ConfigError
     from cascade_rl.data import DataError
+    from cascade_rl.models.io import CheckpointError
+    from cascade_rl.rollout.vllm_support import EngineUnavailable
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CheckpointError, EngineUnavailable) as err:
         print(f"cascade-rl {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -70,7 +70,7 @@ def require_vllm() -> str:
     if version is None:
         raise EngineUnavailable(
             f"engine=vllm needs vLLM {TESTED_MINOR}.x, which is not installed: {INSTALL}; "
-            "or set engine=hf (transformers, no vLLM)"
+            "or use the transformers engine, which needs no vLLM (engine=hf; cascade-rl serve --engine hf)"
         )
     if ".".join(version.split(".")[:2]) != TESTED_MINOR:
         raise EngineUnavailable(

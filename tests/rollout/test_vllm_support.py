@@ -73,3 +73,13 @@ def test_settings_refuse_bad_values():
         VLLMSettings(gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match="dtype must be one of"):
         VLLMSettings(dtype="fp8")
+
+
+def test_cli_serve_without_vllm_prints_the_install_command(monkeypatch, tmp_path, tiny_checkpoint, capsys):
+    from cascade_rl.cli import main
+
+    installed(monkeypatch, {})
+    assert main(["serve", "--model", str(tiny_checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "cascade-rl serve: engine=vllm needs vLLM 0.32.x" in err and "--engine hf" in err
+    assert "pip install 'cascade-rl[vllm]'" in err and "Traceback" not in err
