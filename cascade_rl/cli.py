@@ -79,12 +79,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from cascade_rl.rollout.vllm_support import EngineUnavailable, require_vllm
-    from cascade_rl.stages.cascade import plan_stages, validate
+    from cascade_rl.stages.cascade import plan_stages, uses_vllm, validate
 
     config = _cascade_config(args)
     built = validate(config)
     print(f"{args.recipe}: ok; stages {' → '.join(p.name for p in plan_stages(config))}")
-    if any(getattr(stage, "engine", None) == "vllm" for stage in built):
+    if uses_vllm(built):
         try:
             require_vllm()
         except EngineUnavailable as err:

@@ -45,10 +45,9 @@ class VLLMSettings:
     def __post_init__(self):
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.kv_cache_gib < 0:
-            raise ValueError(
-                f"vllm.kv_cache_gib must be 0 (sized from gpu_memory_utilization) or more, got {self.kv_cache_gib}"
-            )
+        for name in ("kv_cache_gib", "max_model_len"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"vllm.{name} must be 0 (vLLM sizes it) or more, got {getattr(self, name)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"vllm.dtype must be one of {DTYPES}, got {self.dtype!r}")
 

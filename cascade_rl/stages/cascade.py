@@ -170,9 +170,14 @@ def validate(config: CascadeConfig) -> list:
     return [plan.build() for plan in plan_stages(config)]
 
 
+def uses_vllm(stage_configs: list) -> bool:
+    """Whether any built stage config samples with engine=vllm."""
+    return any(getattr(stage, "engine", None) == "vllm" for stage in stage_configs)
+
+
 def run_cascade(config: CascadeConfig) -> dict:
     """Run every stage not yet done (per the manifest); returns {stage: summary}."""
-    if any(getattr(built, "engine", None) == "vllm" for built in validate(config)):
+    if uses_vllm(validate(config)):
         require_vllm()  # before the first stage, not when the rollout stage is reached
     config.run_dir.mkdir(parents=True, exist_ok=True)
     (config.run_dir / "cascade_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))

@@ -3,40 +3,17 @@ from the transformers engine on the device, fp32 master weights kept."""
 
 import pytest
 import torch
-from stages.conftest import write_pairs, write_prompts
+from stages.conftest import gspo_config, write_pairs
 
 from cascade_rl.stages.metrics import read_metrics
-from cascade_rl.stages.scoring import CorrectRule, RewardSpec
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-EASY = [RewardSpec("stages.easy_rewards:digit_share")]
-
 
 def test_gspo_step_on_cuda_in_bf16(tiny_checkpoint, tmp_path):
-    from cascade_rl.stages.gspo import GSPOConfig, GSPOTrainer
+    from cascade_rl.stages.gspo import GSPOTrainer
 
-    prompts = write_prompts(tmp_path, n=4)
-    config = GSPOConfig(
-        model_path=str(tiny_checkpoint),
-        prompts=str(prompts),
-        image_root=str(tmp_path / "images"),
-        out_dir=str(tmp_path / "run"),
-        rollout_n=4,
-        prompts_per_step=2,
-        mini_batch_prompts=2,
-        max_new_tokens=6,
-        max_tiles=4,
-        lr=1e-3,
-        max_steps=1,
-        mixed_precision="bf16",
-        rewards=EASY,
-        correct=[CorrectRule(EASY[0].name, 0.5)],
-        clip_low=0.2,
-        clip_high=0.2,
-        reward_timeout_s=30.0,
-    )
-    trainer = GSPOTrainer(config)
+    trainer = GSPOTrainer(gspo_config(tiny_checkpoint, tmp_path, max_steps=1, mixed_precision="bf16"))
     assert next(trainer.model.parameters()).device.type == "cuda"
     trainer.run()
     (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")

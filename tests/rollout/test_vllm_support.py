@@ -73,6 +73,8 @@ def test_settings_refuse_bad_values():
         VLLMSettings(gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match="dtype must be one of"):
         VLLMSettings(dtype="fp8")
+    with pytest.raises(ValueError, match="max_model_len must be 0"):
+        VLLMSettings(max_model_len=-1)
 
 
 def test_cli_serve_without_vllm_prints_the_install_command(monkeypatch, tmp_path, tiny_checkpoint, capsys):

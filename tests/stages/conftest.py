@@ -5,6 +5,10 @@ import json
 import pytest
 from synthetic import shapes_image
 
+from cascade_rl.stages.scoring import CorrectRule, RewardSpec
+
+EASY = [RewardSpec("stages.easy_rewards:digit_share")]
+
 
 def write_pairs(directory, n: int = 6, *, chosen_len_equal: bool = True, text_only: tuple = ()) -> tuple:
     """n pairs over n rendered images; chosen answers have equal token counts (one digit each). Pairs whose index is
@@ -49,6 +53,32 @@ def multi_rank_mpo_settings(checkpoint, pairs_file, **overrides) -> dict:
         max_tiles=4,
     )
     return {**settings, **overrides}
+
+
+def gspo_config(checkpoint, tmp_path, **kw):
+    """A GSPOConfig for short runs on a tiny checkpoint: 8 prompts, 4 per step, 4 rollouts each, a reward that
+    rises with the share of digits; `kw` overrides any field."""
+    from cascade_rl.stages.gspo import GSPOConfig
+
+    prompts = write_prompts(tmp_path, n=8)
+    base = dict(
+        model_path=str(checkpoint),
+        prompts=str(prompts),
+        image_root=str(tmp_path / "images"),
+        out_dir=str(tmp_path / "run"),
+        rollout_n=4,
+        prompts_per_step=4,
+        mini_batch_prompts=2,
+        max_new_tokens=6,
+        max_tiles=4,
+        lr=1e-3,
+        rewards=EASY,
+        correct=[CorrectRule(EASY[0].name, 0.5)],
+        clip_low=0.2,
+        clip_high=0.2,
+        reward_timeout_s=30.0,
+    )
+    return GSPOConfig(**{**base, **kw})
 
 
 def write_prompts(directory, n=4):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from stages.conftest import write_prompts
+from stages.conftest import gspo_config as config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cascade_rl.config import ConfigError, load_config
@@ -10,30 +10,6 @@ from cascade_rl.models import load_policy
 from cascade_rl.stages.gspo import GSPOConfig, run_gspo
 from cascade_rl.stages.metrics import read_metrics
 from cascade_rl.stages.scoring import CorrectRule, RewardSpec
-
-EASY = [RewardSpec("stages.easy_rewards:digit_share")]
-
-
-def config(tiny_checkpoint, tmp_path, **kw):
-    prompts = write_prompts(tmp_path, n=8)
-    base = dict(
-        model_path=str(tiny_checkpoint),
-        prompts=str(prompts),
-        image_root=str(tmp_path / "images"),
-        out_dir=str(tmp_path / "run"),
-        rollout_n=4,
-        prompts_per_step=4,
-        mini_batch_prompts=2,
-        max_new_tokens=6,
-        max_tiles=4,
-        lr=1e-3,
-        rewards=EASY,
-        correct=[CorrectRule(EASY[0].name, 0.5)],
-        clip_low=0.2,
-        clip_high=0.2,
-        reward_timeout_s=30.0,
-    )
-    return GSPOConfig(**{**base, **kw})
 
 
 def test_one_step_updates_the_policy_and_logs_the_metrics(tiny_checkpoint, tmp_path):

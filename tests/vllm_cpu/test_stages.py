@@ -4,22 +4,20 @@ trainer's weights after every optimizer step."""
 
 import pytest
 import torch
-from stages.conftest import write_prompts
+from stages.conftest import gspo_config, write_prompts
 
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.models import load_policy
 from cascade_rl.rollout.vllm import VLLMEngine
 from cascade_rl.rollout.vllm_support import VLLMSettings
-from cascade_rl.stages.gspo import GSPOConfig, GSPOTrainer
+from cascade_rl.stages.gspo import GSPOTrainer
 from cascade_rl.stages.metrics import read_metrics
 from cascade_rl.stages.offline import RolloutStageConfig, run_rollouts
-from cascade_rl.stages.scoring import CorrectRule, RewardSpec
 
 pytestmark = pytest.mark.vllm
 
 VLLM = {"kv_cache_gib": 0.25, "dtype": "float32", "enforce_eager": True, "max_model_len": 1024}
-EASY = [RewardSpec("stages.easy_rewards:digit_share")]
 
 
 def test_rollout_stage_with_vllm_stores_every_sample(hd32_checkpoint, tmp_path):
@@ -51,27 +49,7 @@ def test_rollout_stage_with_vllm_stores_every_sample(hd32_checkpoint, tmp_path):
 
 
 def test_gspo_steps_with_a_colocated_vllm_engine(hd32_checkpoint, tmp_path, monkeypatch):
-    prompts = write_prompts(tmp_path, n=4)
-    config = GSPOConfig(
-        model_path=str(hd32_checkpoint),
-        prompts=str(prompts),
-        image_root=str(tmp_path / "images"),
-        out_dir=str(tmp_path / "run"),
-        engine="vllm",
-        vllm=VLLMSettings(**VLLM),
-        rollout_n=4,
-        prompts_per_step=2,
-        mini_batch_prompts=2,
-        max_new_tokens=6,
-        max_tiles=4,
-        lr=1e-3,
-        max_steps=2,
-        rewards=EASY,
-        correct=[CorrectRule(EASY[0].name, 0.5)],
-        clip_low=0.2,
-        clip_high=0.2,
-        reward_timeout_s=30.0,
-    )
+    config = gspo_config(hd32_checkpoint, tmp_path, engine="vllm", vllm=VLLMSettings(**VLLM), max_steps=2)
     engine_norms = []
 
     def close_after_reading_the_norm(engine):
