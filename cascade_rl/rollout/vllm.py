@@ -12,6 +12,7 @@
 - Weights: `update_weights(model)` loads the trainer's weights in-process through vLLM's in-place reload (the
   engine core runs in this process: VLLM_ENABLE_V1_MULTIPROCESSING=0), then drops the prefix cache and the encoder
   cache, whose entries (prompt KV, image embeddings) belong to the old weights.
+- One engine per trainer rank under several processes (vLLM's `external_launcher` executor, see `per_rank_executor`).
 - Colocated on a GPU with `settings.sleep`: between calls the engine sleeps (weights offloaded, KV cache freed) so
   training gets the memory back; a weight update wakes the weights only, generation then wakes the KV cache.
 """
@@ -61,6 +62,7 @@ class VLLMEngine:
             llm_kwargs.setdefault("enable_chunked_prefill", False)
         if settings.kv_cache_gib:
             llm_kwargs.setdefault("kv_cache_memory_bytes", int(settings.kv_cache_gib * 2**30))
+        llm_kwargs.update(per_rank_executor())
         self.llm = LLM(
             model=str(model_path),
             dtype=settings.dtype,
@@ -151,6 +153,19 @@ class VLLMEngine:
             self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         gc.collect()
+
+
+def per_rank_executor() -> dict:
+    """LLM arguments for one engine per trainer rank. Under several processes (`accelerate launch`, torchrun) vLLM's
+    default executor would start every rank's engine on device 0; its `external_launcher` executor joins the
+    trainer's process group instead and takes the device of LOCAL_RANK, so each rank samples on its own device."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return {}
+    os.environ.setdefault("RANK", str(dist.get_rank()))
+    os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
+    return {"distributed_executor_backend": "external_launcher"}
 
 
 def untied_state(model):

@@ -343,14 +343,14 @@ class GSPOTrainer:
             if c.save_steps and (step + 1) % c.save_steps == 0:
                 self._save_state(step + 1, cursor)
         self.runner.close()
-        if self.owns_engine:
-            self.engine.close()  # a vLLM engine frees its device memory before the next stage starts
         summary = {"steps": self.total, "final": str(self.out / "final"), "ledger_prompts": len(self.ledger)}
         if acc.is_main_process:
             save_policy(self.model, self.processor, self.out / "final")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         acc.wait_for_everyone()
         acc.end_training()
+        if self.owns_engine:  # last: a vLLM engine's shutdown tears down the process groups it joined
+            self.engine.close()  # and frees its device memory before the next stage starts
         return summary
 
     def _save_state(self, step: int, cursor: int) -> None:

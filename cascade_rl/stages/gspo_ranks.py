@@ -39,11 +39,7 @@ def check_ranks(config, world: int) -> None:
             "set drop_zero_variance=false when training on several processes"
         )
     if config.engine == "server":
-        raise ValueError("a rollout server takes weights from one trainer process; use engine=hf per rank")
-    if config.engine == "vllm":
-        # vLLM's uniprocess executor puts every rank's engine on device 0; one engine per rank on its own device
-        # needs vLLM's external_launcher executor, which the trainer does not drive yet.
-        raise ValueError("engine=vllm runs one colocated engine in one process; use engine=hf on several processes")
+        raise ValueError("a rollout server takes weights from one trainer process; use engine=hf or vllm per rank")
 
 
 def rank_share(rows: list, rank: int, world: int) -> list:

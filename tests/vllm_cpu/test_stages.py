@@ -71,3 +71,27 @@ def test_gspo_steps_with_a_colocated_vllm_engine(hd32_checkpoint, tmp_path, monk
     assert not torch.equal(trained_norm, load_policy(hd32_checkpoint)[0].model.language_model.norm.weight)
     (engine_norm,) = engine_norms
     torch.testing.assert_close(engine_norm, trained_norm, atol=0, rtol=0)
+
+
+def test_gspo_on_two_ranks_with_an_engine_each_matches_one_process(hd32_checkpoint, tmp_path):
+    """Two gloo ranks, each with its own colocated vLLM engine (external_launcher executor), sample their half of a
+    step's prompts; seeds are per prompt, so the run equals one process with one engine over the same prompts."""
+    from stages.ddp_worker import gspo_rank_main, launch
+    from stages.test_gspo_ddp import free_port
+
+    settings = dict(engine="vllm", vllm=VLLMSettings(**VLLM), max_steps=2, prompts_per_step=4, mini_batch_prompts=4)
+    one = gspo_config(hd32_checkpoint, tmp_path / "one", **settings)
+    two = gspo_config(hd32_checkpoint, tmp_path / "two", **settings)
+    GSPOTrainer(one).run()
+    launch(gspo_rank_main, (2, free_port(), two), timeout_s=600)
+    rows_one = read_metrics(tmp_path / "one/run/metrics.jsonl")
+    rows_two = read_metrics(tmp_path / "two/run/metrics.jsonl")
+    assert len(rows_one) == len(rows_two) == 2
+    for a, b in zip(rows_one, rows_two):
+        for key in ("reward_mean", "completion_length", "loss", "logprob_gap_engine_vs_trainer"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+        assert b["rollout_tokens"] == a["rollout_tokens"]  # summed over the ranks
+    final_one = load_policy(tmp_path / "one/run/final")[0].state_dict()
+    final_two = load_policy(tmp_path / "two/run/final")[0].state_dict()
+    for name, value in final_one.items():
+        torch.testing.assert_close(final_two[name], value, atol=2e-5, rtol=1e-4, msg=name)
