@@ -145,13 +145,15 @@ class VLLMEngine:
         """Free the engine (its KV cache and weights) so another can start in this process."""
         import gc
 
-        import torch.distributed as dist
-
-        # Shutting down also destroys the process groups vLLM made; when a trainer's accelerator has already
-        # destroyed them (end of training), there is nothing left to shut down but the objects themselves.
-        if dist.is_initialized():
-            self.llm.llm_engine.engine_core.shutdown()
+        engine_core = self.llm.llm_engine.engine_core
         del self.llm
+        try:
+            engine_core.shutdown()  # also destroys the process groups vLLM made or joined
+        except ValueError as err:
+            # A trainer's accelerator (end of training) or another engine in this process already destroyed them:
+            # nothing is left to shut down but the objects themselves.
+            if "process group" not in str(err).lower():
+                raise
         gc.collect()
 
 

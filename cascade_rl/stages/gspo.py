@@ -348,9 +348,9 @@ class GSPOTrainer:
             save_policy(self.model, self.processor, self.out / "final")
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         acc.wait_for_everyone()
+        if self.owns_engine:  # after the last barrier: a vLLM engine's shutdown tears down the process groups it
+            self.engine.close()  # made or joined, and frees its device memory before the next stage starts
         acc.end_training()
-        if self.owns_engine:  # last: a vLLM engine's shutdown tears down the process groups it joined
-            self.engine.close()  # and frees its device memory before the next stage starts
         return summary
 
     def _save_state(self, step: int, cursor: int) -> None:
