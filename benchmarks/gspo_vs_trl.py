@@ -180,7 +180,7 @@ def _ours_step(trainer, requests, rollouts, fixture, step: int) -> tuple[list, d
     import torch
 
     from cascade_rl.algos import group_advantages
-    from cascade_rl.stages.groups import compute_old_logps, make_group
+    from cascade_rl.train.groups import compute_old_logps, make_group
 
     c, clock = trainer.config, Clock()
     groups = [

@@ -193,7 +193,7 @@ class PeakMemory:
 def run_ours(workload: dict, out_dir: Path, n_pairs: int) -> dict:
     """run_mpo on the workload; the time window and memory baseline are marked by wrapping two of its calls."""
     import cascade_rl.stages.mpo as mpo_stage
-    from cascade_rl.stages.metrics import read_metrics
+    from cascade_rl.train.metrics import read_metrics
 
     memory, marks = PeakMemory(), {}
     load_pairs, save_policy = mpo_stage.load_pairs, mpo_stage.save_policy
@@ -254,7 +254,7 @@ def trl_rows(workload: dict) -> list[dict]:
     from cascade_rl.data.reader import iter_raw_records
     from cascade_rl.models import load_internvl_processor
     from cascade_rl.models.chat import render
-    from cascade_rl.stages.training import global_order
+    from cascade_rl.train.setup import global_order
 
     processor = load_internvl_processor(workload["checkpoint"])
     eos = processor.tokenizer.eos_token
@@ -431,7 +431,7 @@ def pair_shapes(workload: dict) -> tuple[object, list[tuple[int, int, int, int]]
     """(model, (tiles, P, C_chosen, C_rejected) per pair, MiB of pixel values one pair holds while it is encoded —
     run_mpo tiles pairs lazily per micro-batch, so this is the largest pair, not the sum)."""
     from cascade_rl.models import load_policy
-    from cascade_rl.stages.pair_data import load_pairs
+    from cascade_rl.train.pair_data import load_pairs
 
     model, processor = load_policy(workload["checkpoint"])
     source, _ = load_pairs(

@@ -43,18 +43,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage(module_name: str, config_name: str, run_name: str):
-    """A subcommand that builds `cascade_rl.stages.<module>.<config_name>` and calls `<run_name>` with it."""
+def _stage(stage):
+    """A subcommand that builds the stage's config from YAML and overrides, and runs the stage with it."""
 
     def run(args: argparse.Namespace) -> int:
-        import importlib
-
         from cascade_rl.config import load_config
 
-        module = importlib.import_module(f"cascade_rl.stages.{module_name}")
+        config_cls, run_stage = stage.load()
         source, overrides = _split_source(args.config, args.overrides)
-        config = load_config(getattr(module, config_name), source, overrides)
-        summary = getattr(module, run_name)(config)
+        summary = run_stage(load_config(config_cls, source, overrides))
         print(json.dumps(summary, indent=2, default=str))
         return 0
 
@@ -126,18 +123,9 @@ def _split_source(config: str | None, overrides: list[str]) -> tuple[str | None,
     return config, list(overrides)
 
 
-STAGES = {
-    "rollout": ("offline", "RolloutStageConfig", "run_rollouts", "sample, score, store rollouts; write the ledger"),
-    "pairs": ("offline", "PairsStageConfig", "run_pairs", "build MMPR preference pairs from a rollout store"),
-    "filter": ("offline", "FilterStageConfig", "run_filter", "keep prompts whose pass rate lies in [low, high]"),
-    "mpo": ("mpo", "MPOConfig", "run_mpo", "train on preference pairs with MPO (DPO + BCO + LM)"),
-    "gspo": ("gspo", "GSPOConfig", "run_gspo", "online RL with GSPO: rollouts, rewards, group advantages"),
-    "eval": ("evaluate", "EvalConfig", "run_eval", "score a checkpoint on a held-out prompt file"),
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     from cascade_rl.models.tiny import TINY_PRESETS
+    from cascade_rl.stages import STAGES
 
     parser = argparse.ArgumentParser(prog="cascade-rl", description="Cascade RL post-training for InternVL.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,11 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="auto", help="precision vLLM serves in: auto (config.json), bfloat16, float32"
     )
     serve.set_defaults(func=_serve)
-    for name, (module_name, config_name, run_name, help_text) in STAGES.items():
-        stage = sub.add_parser(name, help=help_text)
-        stage.add_argument("config", nargs="?", help="YAML config file")
-        stage.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-        stage.set_defaults(func=_stage(module_name, config_name, run_name))
+    for stage in STAGES.values():
+        command = sub.add_parser(stage.name, help=stage.help)
+        command.add_argument("config", nargs="?", help="YAML config file")
+        command.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+        command.set_defaults(func=_stage(stage))
     return parser
 
 

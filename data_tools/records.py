@@ -92,7 +92,7 @@ class RolloutRecord:
             question=question,
             images=list(images or []),
             answer=answer,
-            meta=dict(rollout.meta),
+            meta={k: v for k, v in rollout.meta.items() if k not in ("question", "images", "answer")},
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,9 +17,8 @@ from typing import Any
 
 from cascade_rl.config import ConfigError, from_dict
 from cascade_rl.rollout.vllm_support import require_vllm
+from cascade_rl.stages import CASCADE_EVAL, STAGE_ORDER, STAGES
 from cascade_rl.stages.manifest import Manifest, config_hash
-
-STAGE_ORDER = ("sft", "rollout", "pairs", "mpo", "filter", "gspo", "eval")
 
 
 @dataclass(frozen=True)
@@ -90,30 +89,8 @@ class StagePlan:
 
 
 def _stage_classes(name: str):
-    """(config class, run function) of a stage, imported lazily (validate needs no model libraries loaded)."""
-    if name == "sft":
-        from cascade_rl.stages.sft import SFTConfig, run_sft
-
-        return SFTConfig, run_sft
-    if name in ("rollout", "pairs", "filter"):
-        from cascade_rl.stages import offline
-
-        return {
-            "rollout": (offline.RolloutStageConfig, offline.run_rollouts),
-            "pairs": (offline.PairsStageConfig, offline.run_pairs),
-            "filter": (offline.FilterStageConfig, offline.run_filter),
-        }[name]
-    if name == "mpo":
-        from cascade_rl.stages.mpo import MPOConfig, run_mpo
-
-        return MPOConfig, run_mpo
-    if name == "gspo":
-        from cascade_rl.stages.gspo import GSPOConfig, run_gspo
-
-        return GSPOConfig, run_gspo
-    from cascade_rl.stages.eval_suite import EvalSuite, run_evals
-
-    return EvalSuite, run_evals
+    """(config class, run function) of a cascade stage, imported lazily (validate needs no model libraries)."""
+    return (CASCADE_EVAL if name == "eval" else STAGES[name]).load()
 
 
 def plan_stages(config: CascadeConfig) -> list[StagePlan]:

@@ -26,14 +26,14 @@ from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.parts import freeze_parts
 from cascade_rl.rewards import RewardRunner
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, score_rollouts
 from cascade_rl.rollout import SamplingParams
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
-from cascade_rl.stages.groups import Group, compute_old_logps, make_group
-from cascade_rl.stages.gspo_ranks import GroupScorer, all_records, check_ranks, combine_ranks, rank_share
-from cascade_rl.stages.metrics import MetricsLog
-from cascade_rl.stages.scoring import CorrectRule, RewardSpec, check_rules
-from cascade_rl.stages.train_state import load_train_state, save_train_state
-from cascade_rl.stages.training import SCHEDULES, make_accelerator, make_schedule, start_trackers
+from cascade_rl.train.groups import Group, compute_old_logps, make_group
+from cascade_rl.train.metrics import MetricsLog
+from cascade_rl.train.ranks import GroupScorer, all_records, check_ranks, combine_ranks, rank_share
+from cascade_rl.train.setup import SCHEDULES, make_accelerator, make_schedule, start_trackers
+from cascade_rl.train.state import load_train_state, save_train_state
 
 
 @dataclass(frozen=True)
@@ -218,8 +218,6 @@ class GSPOTrainer:
         return groups, stats, cursor
 
     def _sample_groups(self, rows, step: int):
-        from cascade_rl.stages.offline import score_rollouts
-
         c = self.config
         requests = [row_to_request(row, c.image_root, system_prompt=c.system_prompt) for row in rows]
         started = time.time()
@@ -227,7 +225,7 @@ class GSPOTrainer:
             self.engine.step = step  # so a dead server's error names the step
         rollouts = self.engine.generate(requests, n=c.rollout_n, sampling=self.sampling(step))
         seconds = time.time() - started
-        records, result = score_rollouts(self.runner, rollouts, c, {row.id: row for row in rows})
+        records, result = score_rollouts(self.runner, rollouts, c.correct, {row.id: row for row in rows})
         groups = []
         for i, request in enumerate(requests):
             part = slice(i * c.rollout_n, (i + 1) * c.rollout_n)

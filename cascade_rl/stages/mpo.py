@@ -2,10 +2,10 @@
 
 Plan of a run: load the policy → check and measure the pairs (never truncating inside an image; no pixels kept)
 → reference log-probs in one no-grad pass, cached beside the pairs → AdamW + cosine schedule, gradient
-accumulation, DDP or DeepSpeed ZeRO-2/3 through accelerate (ZeRO-3 specifics: stages/zero3.py) → metrics.jsonl /
+accumulation, DDP or DeepSpeed ZeRO-2/3 through accelerate (ZeRO-3 specifics: train/zero3.py) → metrics.jsonl /
 trackers → resumable train state → a Hugging Face format checkpoint in `final/`.
 Each pair's vision features and shared prompt are computed once for both completions (models/logprobs.py).
-Pairs are encoded (images loaded and tiled) per micro-batch, each rank only its own (stages/pair_data.py).
+Pairs are encoded (images loaded and tiled) per micro-batch, each rank only its own (train/pair_data.py).
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.logprobs import CHUNK_SIZE
 from cascade_rl.models.pairs import pair_token_logps
 from cascade_rl.models.parts import merge_lora
-from cascade_rl.stages.metrics import MetricsLog
-from cascade_rl.stages.pair_data import PairSource, checkpoint_fingerprint, file_sha256, load_pairs
-from cascade_rl.stages.reference import cached_reference_logps
-from cascade_rl.stages.train_state import load_run_state, save_run_state
-from cascade_rl.stages.training import (
+from cascade_rl.train.metrics import MetricsLog
+from cascade_rl.train.pair_data import PairSource, checkpoint_fingerprint, file_sha256, load_pairs
+from cascade_rl.train.reference import cached_reference_logps
+from cascade_rl.train.setup import (
     SCHEDULES,
     configure_deepspeed,
     fill_deepspeed_buckets,
@@ -41,7 +40,8 @@ from cascade_rl.stages.training import (
     start_trackers,
     zero_stage,
 )
-from cascade_rl.stages.zero3 import (
+from cascade_rl.train.state import load_run_state, save_run_state
+from cascade_rl.train.zero3 import (
     WHOLE_SEQUENCE,
     check_zero3_run,
     gathered_state_dict,
@@ -161,7 +161,7 @@ def run_mpo(config: MPOConfig) -> dict:
     out = Path(config.out_dir)
     accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir, config.grad_accum)
     configure_deepspeed(accelerator, config, zero3=True)
-    zero3 = zero_stage(accelerator) == 3  # see stages/zero3.py
+    zero3 = zero_stage(accelerator) == 3  # see train/zero3.py
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cascade_rl.stages.cascade import CascadeConfig, stage_dir
-from cascade_rl.stages.metrics import read_metrics
+from cascade_rl.train.metrics import read_metrics
 
 
 def _plot(path: Path, draw) -> str:

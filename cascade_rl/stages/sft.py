@@ -27,10 +27,9 @@ from cascade_rl.data import DataError, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.models import EncodedChat, encode_chat, save_policy, tokenizer_of
 from cascade_rl.models.parts import merge_lora
-from cascade_rl.stages.lengths import admit
-from cascade_rl.stages.metrics import MetricsLog
-from cascade_rl.stages.train_state import load_run_state, save_run_state
-from cascade_rl.stages.training import (
+from cascade_rl.train.lengths import admit
+from cascade_rl.train.metrics import MetricsLog
+from cascade_rl.train.setup import (
     SCHEDULES,
     configure_deepspeed,
     fill_deepspeed_buckets,
@@ -41,6 +40,7 @@ from cascade_rl.stages.training import (
     prepare_policy,
     start_trackers,
 )
+from cascade_rl.train.state import load_run_state, save_run_state
 
 
 @dataclass(frozen=True)

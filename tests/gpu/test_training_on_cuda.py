@@ -5,7 +5,7 @@ import pytest
 import torch
 from stages.conftest import gspo_config, write_pairs
 
-from cascade_rl.stages.metrics import read_metrics
+from cascade_rl.train.metrics import read_metrics
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

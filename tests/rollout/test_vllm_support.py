@@ -40,7 +40,7 @@ def test_the_tested_version_passes_under_either_build(monkeypatch, dist):
 
 
 def test_rollout_stage_fails_before_any_work(monkeypatch, tmp_path):
-    from cascade_rl.stages.offline import RolloutStageConfig, run_rollouts
+    from cascade_rl.stages.rollout import RolloutStageConfig, run_rollouts
 
     installed(monkeypatch, {})
     out = tmp_path / "offline"

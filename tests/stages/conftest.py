@@ -5,7 +5,7 @@ import json
 import pytest
 from synthetic import shapes_image
 
-from cascade_rl.stages.scoring import CorrectRule, RewardSpec
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec
 
 EASY = [RewardSpec("stages.easy_rewards:digit_share")]
 

@@ -28,7 +28,7 @@ CRASH_EXIT_CODE = 3
 
 
 def crash_after(step: int) -> None:
-    from cascade_rl.stages import metrics
+    from cascade_rl.train import metrics
 
     original = metrics.MetricsLog.log
 

@@ -15,9 +15,9 @@ from stages.conftest import multi_rank_mpo_settings  # noqa: E402
 from stages.ddp_worker import CRASH_EXIT_CODE, deepspeed_env, launch, mpo_rank_main  # noqa: E402
 
 from cascade_rl.models import load_policy  # noqa: E402
-from cascade_rl.stages.metrics import read_metrics  # noqa: E402
 from cascade_rl.stages.mpo import MPOConfig, run_mpo  # noqa: E402
 from cascade_rl.stages.sft import SFTConfig, run_sft  # noqa: E402
+from cascade_rl.train.metrics import read_metrics  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed"
 ZERO2, ZERO3 = RECIPES / "zero2.json", RECIPES / "zero3.json"

@@ -8,7 +8,7 @@ import pytest
 
 from cascade_rl.stages.mpo import MPOConfig
 from cascade_rl.stages.sft import SFTConfig
-from cascade_rl.stages.training import configure_deepspeed, deepspeed_fields
+from cascade_rl.train.setup import configure_deepspeed, deepspeed_fields
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed"
 
@@ -47,7 +47,7 @@ def test_configure_writes_into_the_plugin_config_and_ignores_plain_runs():
 
 
 def test_zero3_mpo_refuses_lora_and_another_reference():
-    from cascade_rl.stages.zero3 import check_zero3_run
+    from cascade_rl.train.zero3 import check_zero3_run
 
     check_zero3_run(MPOConfig(model_path="m", pairs="pairs.jsonl"))
     with pytest.raises(ValueError, match="LoRA under ZeRO-3"):

@@ -5,9 +5,9 @@ import json
 import pytest
 from synthetic import shapes_image
 
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, grade
 from cascade_rl.rollout import Rollout
-from cascade_rl.stages.evaluate import EvalConfig, run_eval
-from cascade_rl.stages.scoring import CorrectRule, RewardSpec, grade
+from cascade_rl.stages.eval import EvalConfig, run_eval
 
 RULES = [CorrectRule("math", 1.0), CorrectRule("iou", 0.5)]
 REWARDS = [RewardSpec("math"), RewardSpec("iou")]

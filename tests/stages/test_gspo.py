@@ -7,9 +7,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cascade_rl.config import ConfigError, load_config
 from cascade_rl.models import load_policy
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec
 from cascade_rl.stages.gspo import GSPOConfig, run_gspo
-from cascade_rl.stages.metrics import read_metrics
-from cascade_rl.stages.scoring import CorrectRule, RewardSpec
+from cascade_rl.train.metrics import read_metrics
 
 
 def test_one_step_updates_the_policy_and_logs_the_metrics(tiny_checkpoint, tmp_path):
@@ -72,7 +72,7 @@ def test_mean_reward_rises_on_an_easy_task(tiny_checkpoint, tmp_path):
 def test_resume_reproduces_the_uninterrupted_run(tiny_checkpoint, tmp_path, monkeypatch):
     run_gspo(config(tiny_checkpoint, tmp_path / "a", max_steps=3))
     expected = read_metrics(tmp_path / "a" / "run" / "metrics.jsonl")
-    from cascade_rl.stages import metrics as metrics_module
+    from cascade_rl.train import metrics as metrics_module
 
     original = metrics_module.MetricsLog.log
 

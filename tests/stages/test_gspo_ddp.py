@@ -11,8 +11,8 @@ from stages.test_gspo import config
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.models import load_policy
 from cascade_rl.stages.gspo import run_gspo
-from cascade_rl.stages.gspo_ranks import check_ranks
-from cascade_rl.stages.metrics import read_metrics
+from cascade_rl.train.metrics import read_metrics
+from cascade_rl.train.ranks import check_ranks
 
 
 def free_port() -> int:

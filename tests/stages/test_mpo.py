@@ -14,9 +14,9 @@ from cascade_rl.data import DataError, row_from_record
 from cascade_rl.models import load_policy
 from cascade_rl.models.chat import process_images
 from cascade_rl.models.pairs import encode_pair, image_tiles
-from cascade_rl.stages.metrics import read_metrics
 from cascade_rl.stages.mpo import MPOConfig, run_mpo
-from cascade_rl.stages.pair_data import PairSummary, load_pairs
+from cascade_rl.train.metrics import read_metrics
+from cascade_rl.train.pair_data import PairSummary, load_pairs
 
 
 def config(tiny_checkpoint, pairs_file, out, **kw):
@@ -59,7 +59,7 @@ def test_resume_reproduces_the_uninterrupted_trajectory(tiny_checkpoint, pairs_f
     expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
 
     crashing = config(tiny_checkpoint, pairs_file, tmp_path / "crash", max_steps=3, per_device_batch=1, save_steps=1)
-    from cascade_rl.stages import metrics as metrics_module
+    from cascade_rl.train import metrics as metrics_module
 
     original = metrics_module.MetricsLog.log
 
@@ -87,7 +87,7 @@ def test_reference_cache_is_reused(tiny_checkpoint, pairs_file, tmp_path, monkey
     run_mpo(cfg)
     caches = list((tmp_path / "run").glob("reference_logps-*.pt"))
     assert len(caches) == 1
-    from cascade_rl.stages import reference
+    from cascade_rl.train import reference
 
     def forbidden(*args, **kwargs):
         raise AssertionError("reference log-probs recomputed although the cache matches")

@@ -8,8 +8,8 @@ from stages.conftest import multi_rank_mpo_settings
 from stages.ddp_worker import launch, mpo_rank_main
 
 from cascade_rl.models import load_policy
-from cascade_rl.stages.metrics import read_metrics
 from cascade_rl.stages.mpo import MPOConfig, run_mpo
+from cascade_rl.train.metrics import read_metrics
 
 
 def free_port() -> int:

@@ -8,8 +8,8 @@ import torch
 from cascade_rl.data import DataError, load_images, read_prompts
 from cascade_rl.data_tools.synthetic import write_synthetic_dataset
 from cascade_rl.models import encode_chat, load_policy
-from cascade_rl.stages.metrics import read_metrics
 from cascade_rl.stages.sft import SFTConfig, run_sft
+from cascade_rl.train.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_resume_reproduces_the_uninterrupted_trajectory(tiny_checkpoint, shapes,
     expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
 
     crashing = config(tiny_checkpoint, shapes, tmp_path / "crash", max_steps=4, per_device_batch=2, save_steps=1)
-    from cascade_rl.stages import metrics as metrics_module
+    from cascade_rl.train import metrics as metrics_module
 
     original = metrics_module.MetricsLog.log
 
@@ -216,8 +216,8 @@ def best_blind_accuracy(path) -> float:
 
 @pytest.mark.slow  # ≈ 15 s on 2 idle cores (400 steps at ≈ 30 steps/s, two evaluations of 100 prompts)
 def test_sft_learns_to_count_shapes_on_held_out_images(tiny_checkpoint, tmp_path):
-    from cascade_rl.stages.evaluate import CorrectRule, EvalConfig, run_eval
-    from cascade_rl.stages.offline import RewardSpec
+    from cascade_rl.rewards.scoring import RewardSpec
+    from cascade_rl.stages.eval import CorrectRule, EvalConfig, run_eval
 
     train = write_synthetic_dataset(tmp_path / "data", 2000, seed=1, split_name="train", **LEARNABLE)
     test = write_synthetic_dataset(tmp_path / "data", 100, seed=2, split_name="test", **LEARNABLE)

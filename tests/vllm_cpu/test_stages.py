@@ -12,8 +12,8 @@ from cascade_rl.models import load_policy
 from cascade_rl.rollout.vllm import VLLMEngine
 from cascade_rl.rollout.vllm_support import VLLMSettings
 from cascade_rl.stages.gspo import GSPOTrainer
-from cascade_rl.stages.metrics import read_metrics
-from cascade_rl.stages.offline import RolloutStageConfig, run_rollouts
+from cascade_rl.stages.rollout import RolloutStageConfig, run_rollouts
+from cascade_rl.train.metrics import read_metrics
 
 pytestmark = pytest.mark.vllm
 

@@ -9,15 +9,9 @@ from cascade_rl.data import DataError
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rollout import Rollout
-from cascade_rl.stages.offline import (
-    FilterStageConfig,
-    PairsStageConfig,
-    RolloutStageConfig,
-    SamplingConfig,
-    run_filter,
-    run_pairs,
-    run_rollouts,
-)
+from cascade_rl.stages.filter import FilterStageConfig, run_filter
+from cascade_rl.stages.pairs import PairsStageConfig, run_pairs
+from cascade_rl.stages.rollout import RolloutStageConfig, SamplingConfig, run_rollouts
 
 
 class ScriptedEngine:

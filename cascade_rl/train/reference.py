@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from cascade_rl.models.pairs import pair_token_logps
-from cascade_rl.stages.pair_data import PairSource
+from cascade_rl.train.pair_data import PairSource
 
 
 @torch.no_grad()

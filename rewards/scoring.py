@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cascade_rl.rollout import Rollout
+from cascade_rl.data_tools.records import RolloutRecord
+from cascade_rl.rewards.parsing import extract_final_answer
+from cascade_rl.rewards.runner import RewardResult, RewardRunner
+from cascade_rl.rollout.base import Rollout
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,31 @@ def reward_columns(rollouts: list[Rollout]) -> dict[str, list]:
     """Dataset columns for the reward runner: one list per column over all rollouts (None where a row lacks it)."""
     keys = sorted({key for r in rollouts for key in r.meta})
     return {key: [r.meta.get(key) for r in rollouts] for key in keys}
+
+
+def score_rollouts(
+    runner: RewardRunner, rollouts: list[Rollout], rules: list[CorrectRule], rows: dict
+) -> tuple[list[RolloutRecord], RewardResult]:
+    """(RolloutRecords, the runner's RewardResult). A record is correct by the first applicable rule (`grade`);
+    parseable when a final answer (last `\\boxed{}` or `Answer:` line) can be read off the text, or when it is
+    correct (a box answer has no `\\boxed{}`). `rows` maps prompt id → PromptRow."""
+    result = runner.score([r.text for r in rollouts], **reward_columns(rollouts))
+    records = []
+    for i, rollout in enumerate(rollouts):
+        per_reward = {name: values[i] for name, values in result.per_reward.items()}
+        answer_pred = extract_final_answer(rollout.text)
+        _, correct = grade(per_reward, rules)
+        row = rows[rollout.prompt_id]
+        record = RolloutRecord.from_rollout(
+            rollout,
+            reward=float(result.total[i] or 0.0),
+            correct=correct,
+            rewards=per_reward,
+            parseable=answer_pred is not None or correct,
+            answer_pred=answer_pred,
+            question=row.question,
+            images=list(row.images),
+            answer=row.answer,
+        )
+        records.append(record)
+    return records, result

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cascade_rl.stages.pair_data import PairSource
-from cascade_rl.stages.reference import read_cache, write_cache
+from cascade_rl.train.pair_data import PairSource
+from cascade_rl.train.reference import read_cache, write_cache
 
 WHOLE_SEQUENCE = 1 << 30  # chunk size: the LM head runs once per pair
 

@@ -14,6 +14,7 @@ to counts as incorrect and is reported in `ungraded`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,12 +22,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cascade_rl.config import dump_yaml
+from cascade_rl.config import ConfigError, dump_yaml, from_dict
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl
 from cascade_rl.rewards import RewardRunner
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, grade, reward_columns
 from cascade_rl.rollout import Rollout, SamplingParams
-from cascade_rl.stages.scoring import CorrectRule, RewardSpec, grade, reward_columns
 
 
 @dataclass(frozen=True)
@@ -148,3 +149,44 @@ def summarise(samples: list[dict], result, rules: list[CorrectRule]) -> dict:
         "reward_timeouts": dict(result.timeouts),
         "reward_errors": dict(result.errors),
     }
+
+
+@dataclass(frozen=True)
+class EvalSuite:
+    """checkpoints: label → checkpoint directory; settings: EvalConfig keys shared by every evaluation."""
+
+    checkpoints: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    out_dir: str = ""
+
+    def __post_init__(self):
+        for label in self.checkpoints:
+            self.eval_config(label)  # unknown or bad eval keys fail here, before any model is loaded
+
+    def eval_config(self, label: str) -> EvalConfig:
+        values = {
+            **self.settings,
+            "model_path": self.checkpoints[label],
+            "out": str(Path(self.out_dir) / f"{label}.json"),
+        }
+        try:
+            return from_dict(EvalConfig, values)
+        except ConfigError as err:
+            raise ValueError(f"eval: {err}") from err
+
+
+def run_evals(suite: EvalSuite) -> dict:
+    """Evaluate each checkpoint (skipping those already evaluated); writes summary.json:
+    {"accuracy": {label: a}, "reward": {label: r}, "per_reward": {label: {...}}}."""
+    results = {}
+    for label in suite.checkpoints:
+        config = suite.eval_config(label)
+        done = Path(config.out)
+        results[label] = json.loads(done.read_text()) if done.exists() else run_eval(config)
+    summary = {
+        "accuracy": {label: r["accuracy"] for label, r in results.items()},
+        "reward": {label: r["reward"] for label, r in results.items()},
+        "per_reward": {label: r.get("per_reward", {}) for label, r in results.items()},
+    }
+    atomic_write_json(Path(suite.out_dir) / "summary.json", summary)
+    return summary

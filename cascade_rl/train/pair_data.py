@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cascade_rl.data import DataError, PromptRow, load_images, resolve_image, row_from_record
 from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.models.pairs import EncodedPair, encode_pair, image_tiles, pair_num_tokens
-from cascade_rl.stages.lengths import admit
+from cascade_rl.train.lengths import admit
 
 
 @dataclass

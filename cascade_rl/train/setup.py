@@ -111,7 +111,7 @@ def deepspeed_fields(ds_config: dict, config, world: int, *, zero3: bool = False
     """The DeepSpeed config fields a trainer run fixes, checked against `ds_config` (accelerate's resolved dict).
 
     config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm); world: processes; zero3: whether
-    the trainer supports ZeRO-3 (MPO does, see stages/zero3.py; SFT does not yet: its rows, text-only or with
+    the trainer supports ZeRO-3 (MPO does, see train/zero3.py; SFT does not yet: its rows, text-only or with
     images, would make different module calls on different ranks, and ZeRO-3 gathers parameters per module call).
     Returns {train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping}; a
     value the DeepSpeed config sets otherwise (not "auto") is refused with both values named.
