@@ -21,24 +21,35 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cascade_rl.models.io import load_policy, load_processor, policy_parameter_names
+    """--engine vllm: become vLLM's own OpenAI server (rollout/vllm_launch.py); --engine hf: our HTTP server over
+    transformers generate, the CPU test double of a dedicated rollout server."""
+    if args.engine == "vllm":
+        from cascade_rl.rollout.vllm_launch import ServeSettings, exec_server
+
+        extra = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
+        exec_server(
+            ServeSettings(
+                args.model,
+                host=args.host,
+                port=args.port,
+                max_tiles=args.max_tiles,
+                dtype=args.dtype,
+                gpu_memory_utilization=args.gpu_memory_utilization,
+                max_model_len=args.max_model_len,
+                kv_cache_gib=args.kv_cache_gib,
+                enforce_eager=args.enforce_eager,
+                weight_backend=args.weight_backend,
+                extra=extra,
+            )
+        )
+    from cascade_rl.models.io import load_policy
+    from cascade_rl.rollout import HFEngine
     from cascade_rl.rollout.server import RolloutServer
 
-    if args.engine == "vllm":  # vLLM holds the weights; the server keeps only their names
-        from cascade_rl.rollout.vllm import VLLMEngine
-        from cascade_rl.rollout.vllm_support import VLLMSettings
-
-        settings = VLLMSettings(gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype, sleep=False)
-        engine = VLLMEngine(args.model, load_processor(args.model), max_tiles=args.max_tiles, settings=settings)
-        model, names = None, policy_parameter_names(args.model)
-    else:
-        from cascade_rl.rollout import HFEngine
-
-        model, processor = load_policy(args.model)
-        engine = HFEngine(model.eval(), processor, max_tiles=args.max_tiles, batch_size=args.batch_size)
-        names = None
-    server = RolloutServer(engine, model, param_names=names, host=args.host, port=args.port, model_path=args.model)
-    print(f"serving {args.model} ({args.engine}) on {server.url}", flush=True)
+    model, processor = load_policy(args.model)
+    engine = HFEngine(model.eval(), processor, max_tiles=args.max_tiles, batch_size=args.batch_size)
+    server = RolloutServer(engine, model, host=args.host, port=args.port, model_path=args.model)
+    print(f"serving {args.model} (hf) on {server.url}", flush=True)
     server.serve_forever()
     return 0
 
@@ -123,6 +134,29 @@ def _split_source(config: str | None, overrides: list[str]) -> tuple[str | None,
     return config, list(overrides)
 
 
+def _add_serve(sub) -> None:
+    serve = sub.add_parser(
+        "serve", help="a rollout server on dedicated devices: vLLM's own server (default) or the HF test double"
+    )
+    serve.add_argument("--model", required=True, help="Hugging Face format checkpoint directory")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 exposes it to the network")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    serve.add_argument("--max-tiles", type=int, default=12)
+    serve.add_argument("--batch-size", type=int, default=16, help="sequences per generate batch (hf engine)")
+    vllm = serve.add_argument_group("vllm engine")
+    vllm.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU vLLM may take")
+    vllm.add_argument(
+        "--dtype", default="auto", help="precision vLLM serves in: auto (config.json), bfloat16, float32"
+    )
+    vllm.add_argument("--weight-backend", choices=["nccl", "gloo"], help="weight transfer (default: nccl with CUDA)")
+    vllm.add_argument("--max-model-len", type=int, default=0, help="0: the model's own")
+    vllm.add_argument("--kv-cache-gib", type=float, default=0.0, help="KV cache size outright (0: from utilization)")
+    vllm.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs / compilation")
+    vllm.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: passed to vLLM unchanged")
+    serve.set_defaults(func=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cascade_rl.models.tiny import TINY_PRESETS
     from cascade_rl.stages import STAGES
@@ -145,20 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("overrides", nargs="*", help="dotted key=value overrides")
         command.set_defaults(func=func)
     sub.add_parser("ls", help="list the recipes").set_defaults(func=_ls)
-    serve = sub.add_parser("serve", help="serve rollouts from dedicated devices over HTTP (127.0.0.1 by default)")
-    serve.add_argument("--model", required=True, help="Hugging Face format checkpoint directory")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 exposes it to the network")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
-    serve.add_argument("--max-tiles", type=int, default=12)
-    serve.add_argument("--batch-size", type=int, default=16, help="sequences per generate batch (hf engine)")
-    serve.add_argument(
-        "--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU vLLM may take (vllm engine)"
-    )
-    serve.add_argument(
-        "--dtype", default="auto", help="precision vLLM serves in: auto (config.json), bfloat16, float32"
-    )
-    serve.set_defaults(func=_serve)
+    _add_serve(sub)
     for stage in STAGES.values():
         command = sub.add_parser(stage.name, help=stage.help)
         command.add_argument("config", nargs="?", help="YAML config file")

@@ -1,11 +1,11 @@
-"""Weights from the trainer to a rollout server over a collective (NCCL between GPUs; gloo on CPUs).
+"""Weights from the trainer to rollout servers over a collective (NCCL between GPUs; gloo on CPUs).
 
-The trainer (rank 0) and the server (rank 1) form a two-member process group of their own, rendezvousing through a
-TCPStore the trainer hosts; it is built from the backend classes directly, so it never touches the default process
-group that accelerate / DDP may own. A push sends the metadata over HTTP (names, dtypes, shapes) and the tensors
-over the group: consecutive tensors of one dtype are flattened into buckets of at most `bucket_bytes`, each bucket
-one broadcast from rank 0. Both sides derive the same buckets from the metadata (`plan_buckets`), so only the
-flat buffers cross the wire. Every collective waits at most `timeout_s`.
+The trainer (rank 0) and the receivers (ranks 1..: one server, or every worker of several vLLM servers) form a
+process group of their own, rendezvousing through a TCPStore the trainer hosts; it is built from the backend classes
+directly, so it never touches the default process group that accelerate / DDP may own. A push sends the metadata
+over HTTP (names, dtypes, shapes) and the tensors over the group: consecutive tensors of one dtype are flattened into
+buckets of at most `bucket_bytes`, each bucket one broadcast from rank 0. Both sides derive the same buckets from the
+metadata (`plan_buckets`), so only the flat buffers cross the wire. Every collective waits at most `timeout_s`.
 """
 
 from __future__ import annotations
@@ -73,30 +73,36 @@ def plan_buckets(specs: list[TensorSpec], bucket_bytes: int = DEFAULT_BUCKET_BYT
 
 
 class WeightGroup:
-    """A two-member process group: rank 0 the trainer (hosts the store), rank 1 the rollout server.
+    """A process group of `world_size` members: rank 0 the trainer (hosts the store), ranks 1.. the receivers (one
+    rollout server, or every worker of several vLLM servers).
 
     backend: "nccl" (tensors on the current CUDA device) or "gloo" (CPU tensors). Rank 0 may pass port 0 and read
-    the port it got from `.port`. `connect()` blocks until the other member joins or `timeout_s` passes.
+    the port it got from `.port`. `connect()` blocks until every member joins or `timeout_s` passes.
     """
 
-    def __init__(self, backend: str, host: str, port: int, rank: int, *, timeout_s: float = 300.0):
+    def __init__(
+        self, backend: str, host: str, port: int, rank: int, *, world_size: int = 2, timeout_s: float = 300.0
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"weight transport backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "nccl" and not torch.cuda.is_available():
             raise RuntimeError("the nccl weight transport needs a CUDA device on both trainer and server")
         self.backend, self.rank, self.timeout = backend, rank, timedelta(seconds=timeout_s)
         self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-        self.store = dist.TCPStore(host, port, 2, is_master=rank == 0, timeout=self.timeout, wait_for_workers=False)
+        self.world_size = world_size
+        self.store = dist.TCPStore(
+            host, port, world_size, is_master=rank == 0, timeout=self.timeout, wait_for_workers=False
+        )
         self.port = self.store.port
         self.group = None
 
     def connect(self) -> WeightGroup:
         group_class = dist.ProcessGroupNCCL if self.backend == "nccl" else dist.ProcessGroupGloo
-        self.group = group_class(self.store, self.rank, 2, self.timeout)
+        self.group = group_class(self.store, self.rank, self.world_size, self.timeout)
         return self
 
     def broadcast(self, buffer: torch.Tensor) -> None:
-        """Rank 0's `buffer` into rank 1's, in place; raises if the peer does not take part within the timeout."""
+        """Rank 0's `buffer` into every other member's, in place; raises if a member does not take part in time."""
         self.group.broadcast(buffer, 0, self.timeout).wait(self.timeout)
 
     def send(self, named: Iterable[tuple[str, torch.Tensor]], specs: list[TensorSpec], bucket_bytes: int) -> None:
@@ -107,7 +113,7 @@ class WeightGroup:
             self.broadcast(flat)
 
     def receive(self, specs: list[TensorSpec], bucket_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
-        """Rank 1: yield (name, tensor) on this group's device, bucket by bucket, as the broadcasts arrive."""
+        """Ranks ≥ 1: yield (name, tensor) on this group's device, bucket by bucket, as the broadcasts arrive."""
         for bucket in plan_buckets(specs, bucket_bytes):
             chosen = [specs[i] for i in bucket]
             flat = torch.empty(sum(s.numel for s in chosen), dtype=chosen[0].torch_dtype, device=self.device)

@@ -48,11 +48,12 @@ class GSPOConfig:
     image_root: str | None = None
     out_dir: str = "runs/gspo"
     engine: str = "hf"
-    server_url: str = "http://127.0.0.1:8000"
+    server_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000"])
     server_timeout_s: float = 600.0
     server_retries: int = 3
-    weight_transport: str = "http"  # "nccl" (GPU trainer and server) or "gloo" push weights over a process group
-    weight_group_host: str = "127.0.0.1"  # this trainer's address as the rollout server sees it
+    server_wait_s: float = 300.0  # how long to wait for the servers to answer /health at the start
+    weight_transport: str = "auto"  # nccl | gloo (process group; auto: nccl with CUDA, else gloo) | http (hf-server)
+    weight_group_host: str = "127.0.0.1"  # this trainer's address as the rollout servers see it
     weight_group_port: int = 0  # 0: a free port
     rollout_n: int = 16
     prompts_per_step: int = 8
@@ -102,15 +103,46 @@ class GSPOConfig:
             raise ValueError("rollout_n must be at least 2: group advantages need several rollouts per prompt")
         if self.mini_batch_prompts > self.prompts_per_step:
             raise ValueError("mini_batch_prompts cannot exceed prompts_per_step")
-        if self.engine not in ("hf", "vllm", "server"):
-            raise ValueError(f"engine must be 'hf', 'vllm' or 'server', got {self.engine!r}")
-        if self.weight_transport not in ("http", "nccl", "gloo"):
-            raise ValueError(f"weight_transport must be 'http', 'nccl' or 'gloo', got {self.weight_transport!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        check_server_settings(self.engine, self.server_urls, self.weight_transport)
         if self.is_correction not in ("none", "sequence"):
             raise ValueError(f"is_correction must be 'none' or 'sequence', got {self.is_correction!r}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         check_rules(self.rewards, self.correct)
+
+
+ENGINES = ("hf", "vllm", "server", "hf-server")
+
+
+def check_server_settings(engine: str, urls: list[str], transport: str) -> None:
+    """engine=server: `vllm serve` processes (one or more URLs), weights over nccl or gloo; engine=hf-server: one
+    `cascade-rl serve --engine hf` (the CPU test double), weights also over http."""
+    if engine == "server" and transport == "http":
+        raise ValueError("weight_transport http is only for engine=hf-server; vLLM servers take nccl or gloo")
+    if transport not in ("auto", "http", "nccl", "gloo"):
+        raise ValueError(f"weight_transport must be auto, nccl, gloo or http, got {transport!r}")
+    if engine in ("server", "hf-server") and not urls:
+        raise ValueError(f"engine={engine} needs server_urls")
+    if engine == "hf-server" and len(urls) > 1:
+        raise ValueError("engine=hf-server talks to one server; several servers are vLLM's: use engine=server")
+
+
+def make_server_engine(c: GSPOConfig, processor, cuda: bool):
+    """The client of the configured rollout servers: vLLM servers (engine=server) or the HF test double."""
+    transport = c.weight_transport
+    if transport == "auto":
+        transport = "http" if c.engine == "hf-server" else ("nccl" if cuda else "gloo")
+    common = {"timeout_s": c.server_timeout_s, "retries": c.server_retries}
+    common.update(group_host=c.weight_group_host, group_port=c.weight_group_port)
+    if c.engine == "server":
+        from cascade_rl.rollout.vllm_server import VLLMServerEngine
+
+        return VLLMServerEngine(c.server_urls, processor, weight_backend=transport, **common)
+    from cascade_rl.rollout.client import ServerEngine
+
+    return ServerEngine(c.server_urls[0], weight_transport=transport, **common)
 
 
 class GSPOTrainer:
@@ -161,31 +193,18 @@ class GSPOTrainer:
         return order
 
     def _make_engine(self):
-        if self.config.engine == "server":
-            from cascade_rl.rollout.client import ServerEngine
-
-            c = self.config
-            engine = ServerEngine(
-                c.server_url,
-                timeout_s=c.server_timeout_s,
-                retries=c.server_retries,
-                weight_transport=c.weight_transport,
-                group_host=c.weight_group_host,
-                group_port=c.weight_group_port,
-            )
-            engine.wait_until_ready()
+        c = self.config
+        if c.engine in ("server", "hf-server"):
+            engine = make_server_engine(c, self.processor, torch.cuda.is_available())
+            engine.wait_until_ready(c.server_wait_s)
             return engine
-        if self.config.engine == "vllm":
+        if c.engine == "vllm":
             from cascade_rl.rollout.vllm import VLLMEngine
 
-            return VLLMEngine(
-                self.config.model_path, self.processor, max_tiles=self.config.max_tiles, settings=self.config.vllm
-            )
+            return VLLMEngine(c.model_path, self.processor, max_tiles=c.max_tiles, settings=c.vllm)
         from cascade_rl.rollout import HFEngine
 
-        return HFEngine(
-            self.model, self.processor, max_tiles=self.config.max_tiles, batch_size=self.config.engine_batch_size
-        )
+        return HFEngine(self.model, self.processor, max_tiles=c.max_tiles, batch_size=c.engine_batch_size)
 
     def sampling(self, step: int) -> SamplingParams:
         c = self.config

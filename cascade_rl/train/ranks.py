@@ -38,7 +38,7 @@ def check_ranks(config, world: int) -> None:
             "drop_zero_variance refills groups per rank, so ranks could hold different numbers of groups; "
             "set drop_zero_variance=false when training on several processes"
         )
-    if config.engine == "server":
+    if config.engine in ("server", "hf-server"):
         raise ValueError("a rollout server takes weights from one trainer process; use engine=hf or vllm per rank")
 
 

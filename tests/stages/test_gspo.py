@@ -110,7 +110,12 @@ def test_dedicated_server_mode_pushes_weights_every_step(tiny_checkpoint, tmp_pa
     server.start_in_thread()
     try:
         cfg = config(
-            tiny_checkpoint, tmp_path, max_steps=2, engine="server", server_url=server.url, weight_transport=transport
+            tiny_checkpoint,
+            tmp_path,
+            max_steps=2,
+            engine="hf-server",
+            server_urls=[server.url],
+            weight_transport=transport,
         )
         summary = run_gspo(cfg)
     finally:

@@ -1,0 +1,318 @@
+"""VLLMServerEngine: the RolloutEngine protocol over a fleet of `vllm serve` processes on dedicated devices.
+
+- Rollouts: each prompt is one OpenAI chat-completions request (images inline as data URLs; `n` samples; vLLM's
+  extensions `return_token_ids`, `top_k`, `seed`, `skip_special_tokens`; `logprobs` gives the sampled tokens'
+  log-probs, which the servers compute as `processed_logprobs`: `cascade-rl serve --engine vllm` sets that). Prompt i
+  of a call goes to server i mod K and all requests of a call are in flight at once, so vLLM batches them
+  continuously. Seeds, image-token bias and text decoding are those of the colocated `VLLMEngine`, so a server and a
+  colocated engine sample the same completions.
+- Weights: vLLM's weight-transfer protocol (`/init_weight_transfer_engine`, `/start_weight_update`,
+  `/update_weights`, `/finish_weight_update`; servers started with VLLM_SERVER_DEV_MODE=1) driven by vLLM's own
+  trainer engines: "nccl" between GPUs, "gloo" (`rollout/vllm_transfer.py`) on CPUs. One group spans the trainer and
+  every worker of every server, so each push is one broadcast; trainable weights only, cast to the servers' dtype.
+  After a push the servers' prefix and encoder caches are reset (their entries belong to the old weights). A push
+  that fails drops the group: the next one forms a new group.
+- Every HTTP call has a timeout; connection failures, timeouts and 502/503/504 answers are retried with exponential
+  backoff; the error names the server's URL, the route and the training step.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from cascade_rl.models import tokenizer_of
+from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
+from cascade_rl.rollout.client import RETRYABLE_STATUS, EngineUnavailable, TransferFailed
+from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES
+from cascade_rl.rollout.hf import request_seed
+from cascade_rl.rollout.vllm import IMAGE_TOKEN_BIAS
+
+
+class ServerCalls:
+    """JSON over HTTP to one server, with timeouts, retries and errors that say where and when."""
+
+    def __init__(self, url: str, *, timeout_s: float, retries: int, backoff_s: float):
+        if retries < 1:
+            raise ValueError(f"retries counts tries and must be at least 1, got {retries}")
+        self.url, self.timeout_s, self.retries, self.backoff_s = url.rstrip("/"), timeout_s, retries, backoff_s
+        self.step: int | None = None
+
+    def post(self, route: str, body: dict | None = None, *, retry: bool = True) -> dict:
+        return self.call("POST", route, body, retry=retry)
+
+    def call(self, method: str, route: str, body: dict | None = None, *, retry: bool = True) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        last = None
+        for attempt in range(self.retries if retry else 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(
+                self.url + route, data=data, method=method, headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    text = response.read()
+                    return json.loads(text) if text else {}
+            except urllib.error.HTTPError as err:
+                detail = _error_text(err)
+                if err.code not in RETRYABLE_STATUS:
+                    raise EngineUnavailable(self.where(route) + f": server error {err.code}: {detail}") from err
+                last = f"HTTP {err.code}: {detail}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+        tries = self.retries if retry else 1
+        raise EngineUnavailable(
+            self.where(route) + f": no answer after {tries} tries (timeout {self.timeout_s:g} s each; last: {last}); "
+            "is the vLLM server running there and reachable?"
+        )
+
+    def where(self, route: str) -> str:
+        step = f" at training step {self.step}" if self.step is not None else ""
+        return f"vLLM server {self.url}{route}{step}"
+
+
+class FleetClient:
+    """vLLM's weight-sync client protocol over several servers: each call goes to every server at once.
+
+    The transfer group holds the trainer at rank 0 and the servers' workers after it; server s's workers start at
+    1 + (workers of servers before s), so the init payload's `rank_offset` is rewritten per server."""
+
+    def __init__(self, servers: list[ServerCalls], world_sizes: list[int]):
+        self.servers, self.world_sizes = servers, world_sizes
+
+    def _each(self, fn) -> None:
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            for future in [pool.submit(fn, i, s) for i, s in enumerate(self.servers)]:
+                future.result()
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        offsets = [1 + sum(self.world_sizes[:i]) for i in range(len(self.servers))]
+        info = lambda i: {**init_info, "rank_offset": offsets[i]}  # noqa: E731
+        self._each(lambda i, s: s.post("/init_weight_transfer_engine", {"init_info": info(i)}, retry=False))
+
+    def start_weight_update(self) -> None:
+        self._each(lambda i, s: s.post("/start_weight_update", retry=False))
+
+    def update_weights(self, update_info) -> None:
+        self._each(lambda i, s: s.post("/update_weights", {"update_info": update_info}, retry=False))
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        body = {"weight_version": weight_version} if weight_version is not None else None
+        self._each(lambda i, s: s.post("/finish_weight_update", body, retry=False))
+        self._each(lambda i, s: (s.post("/reset_prefix_cache"), s.post("/reset_encoder_cache")))
+
+
+class VLLMServerEngine:
+    """Rollouts from, and weights to, the `vllm serve` processes at `urls`.
+
+    processor: the policy's processor (chat template, tokenizer, image token ids); weight_backend: "nccl" or "gloo"
+    (the servers' `--weight-transfer-config` backend); group_host: this trainer's address as the servers see it;
+    group_port: 0 picks a free port; wire_dtype: the dtype weights travel in ("bfloat16", "float32"; "auto": the
+    dtype the servers run, read from their /server_info; None: the trainer's own).
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        processor,
+        *,
+        timeout_s: float = 600.0,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+        weight_backend: str = "nccl",
+        group_host: str = "127.0.0.1",
+        group_port: int = 0,
+        wire_dtype: str | None = "auto",
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ):
+        if not urls:
+            raise ValueError("VLLMServerEngine needs at least one server URL")
+        self.servers = [ServerCalls(u, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s) for u in urls]
+        self.processor, self.tokenizer = processor, tokenizer_of(processor)
+        self.suppressed = {str(int(i)): IMAGE_TOKEN_BIAS for i in getattr(processor, "image_token_ids", [])}
+        self.weight_backend, self.group_host, self.group_port = weight_backend, group_host, group_port
+        self.wire_dtype, self.bucket_bytes, self.timeout_s = wire_dtype, bucket_bytes, timeout_s
+        self.transfer = None  # vLLM's trainer-side engine, formed at the first push
+        self.weights_version = 0
+
+    @property
+    def step(self) -> int | None:
+        return self.servers[0].step
+
+    @step.setter
+    def step(self, value: int | None) -> None:
+        for server in self.servers:
+            server.step = value
+
+    def wait_until_ready(self, timeout_s: float = 300.0) -> None:
+        """Poll every server's /health until it answers or `timeout_s` passes (a vLLM server takes a while)."""
+        deadline = time.monotonic() + timeout_s
+        for server in self.servers:
+            while True:
+                try:
+                    server.call("GET", "/health", retry=False)
+                    break
+                except EngineUnavailable as err:
+                    if time.monotonic() > deadline:
+                        raise EngineUnavailable(f"{err} (waited {timeout_s:g} s for it to start)") from err
+                    time.sleep(1.0)
+
+    def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
+        """len(requests) × n rollouts in request order; all requests in flight at once, spread over the servers."""
+        if not requests:
+            return []
+        with ThreadPoolExecutor(min(len(requests), 64)) as pool:
+            futures = [
+                pool.submit(self._complete, self.servers[i % len(self.servers)], r, n, sampling)
+                for i, r in enumerate(requests)
+            ]
+            return [rollout for future in futures for rollout in future.result()]
+
+    def _complete(self, server: ServerCalls, request: RolloutRequest, n: int, sampling: SamplingParams):
+        body = {
+            "model": self._model_name(server),
+            "messages": chat_messages(request),
+            "n": n,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k,
+            "max_tokens": sampling.max_new_tokens,
+            "logprobs": True,
+            "top_logprobs": 0,
+            "return_token_ids": True,
+            "skip_special_tokens": False,
+            "add_generation_prompt": True,
+        }
+        if sampling.seed is not None:
+            body["seed"] = request_seed(sampling.seed, request.prompt_id, 0) % 2**31
+        if self.suppressed:
+            body["logit_bias"] = self.suppressed
+        answer = server.post("/v1/chat/completions", body)
+        choices = sorted(answer["choices"], key=lambda c: c["index"])
+        return [self._rollout(request, k, choice) for k, choice in enumerate(choices)]
+
+    def _rollout(self, request: RolloutRequest, k: int, choice: dict) -> Rollout:
+        ids = list(choice["token_ids"])
+        logps = [step["logprob"] for step in choice["logprobs"]["content"]]
+        stopped = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
+        reason = "stop" if stopped or choice["finish_reason"] == "stop" else "length"
+        text = self.tokenizer.decode(ids[:-1] if stopped else ids)  # as HFEngine: special tokens kept, end cut
+        return Rollout(request.prompt_id, k, text, ids, logps, reason, dict(request.meta))
+
+    def _model_name(self, server: ServerCalls) -> str:
+        if not hasattr(server, "model_name"):
+            server.model_name = server.call("GET", "/v1/models")["data"][0]["id"]
+        return server.model_name
+
+    def update_weights(self, model) -> None:
+        """Push the trainable weights to every server (forming the transfer group at the first push)."""
+        self.weights_version += 1
+        try:
+            if self.transfer is None:
+                self.transfer = self._form_group(model)
+            self.transfer.source = trainable_source(model, self.wire_dtype)
+            self.transfer.send_weights()
+        except (EngineUnavailable, RuntimeError) as err:
+            self._drop_group()
+            raise TransferFailed(f"weight push {self.weights_version} failed: {err}") from err
+
+    def _form_group(self, model):
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+
+        from cascade_rl.rollout import vllm_transfer
+
+        vllm_transfer.register()
+        if self.wire_dtype == "auto":
+            self.wire_dtype = served_dtype(self.servers[0])
+        sizes = [int(s.call("GET", "/get_world_size")["world_size"]) for s in self.servers]
+        client = FleetClient(self.servers, sizes)
+        return WeightTransferTrainerFactory.trainer_init(
+            self._init_info(1 + sum(sizes)), client=client, source=trainable_source(model, self.wire_dtype)
+        )
+
+    def _init_info(self, world_size: int):
+        common = {"master_address": self.group_host, "world_size": world_size, "rank": 0}
+        if self.weight_backend == "gloo":
+            from cascade_rl.rollout.vllm_transfer import GlooTrainerInitInfo
+
+            return GlooTrainerInitInfo(
+                master_port=self.group_port, timeout_s=self.timeout_s, bucket_bytes=self.bucket_bytes, **common
+            )
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+        return NCCLTrainerInitInfo(master_port=self.group_port or _free_port(), **common)
+
+    def _drop_group(self) -> None:
+        if self.transfer is not None:
+            self.transfer.shutdown()
+        self.transfer = None
+
+    def close(self) -> None:
+        self._drop_group()
+
+
+def served_dtype(server: ServerCalls) -> str:
+    """The dtype a vLLM server runs its model in ("bfloat16", ...), from the config summary /server_info reports."""
+    summary = str(server.call("GET", "/server_info").get("vllm_config", ""))
+    found = re.search(r"\bdtype=torch\.(\w+)", summary)
+    if not found:
+        raise EngineUnavailable(server.where("/server_info") + ": no model dtype in the answer; set the wire dtype")
+    return found.group(1)
+
+
+def trainable_source(model, dtype: str | None):
+    """The policy's trainable weights as a vLLM WeightSource, in checkpoint names, each storage once."""
+    import torch
+
+    from cascade_rl.rollout.vllm_transfer import NamedTensorSource
+
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    seen, named = set(), []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in trainable and id(param) not in seen:
+            seen.add(id(param))
+            named.append((name, param))
+    return NamedTensorSource(named, getattr(torch, dtype) if dtype else None)
+
+
+def chat_messages(request: RolloutRequest) -> list[dict]:
+    """OpenAI chat messages: each {"type": "image"} part becomes the next image as a PNG data URL."""
+    images = iter(request.images)
+    messages = []
+    for message in request.messages:
+        content = message["content"]
+        if isinstance(content, list):
+            content = [_image_part(next(images)) if part.get("type") == "image" else part for part in content]
+        messages.append({**message, "content": content})
+    return messages
+
+
+def _image_part(image) -> dict:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _error_text(err: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(err.read())
+    except (ValueError, OSError):
+        return str(err.reason)
+    error = body.get("error", err.reason)
+    return error.get("message", str(error)) if isinstance(error, dict) else str(error)
