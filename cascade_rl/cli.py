@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     from cascade_rl.config import ConfigError
     from cascade_rl.data import DataError
     from cascade_rl.models.io import CheckpointError
-    from cascade_rl.rollout.vllm_support import EngineUnavailable
+    from cascade_rl.rollout.base import EngineUnavailable
 
     args = build_parser().parse_args(argv)
     try:

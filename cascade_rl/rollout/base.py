@@ -11,6 +11,11 @@ from typing import Any, Protocol
 from PIL import Image
 
 
+class EngineUnavailable(RuntimeError):
+    """An engine that cannot run on this machine (with the install command or the setting that avoids it), or a
+    rollout server that cannot be reached or does not answer in time (with its URL, route and training step)."""
+
+
 @dataclass
 class SamplingParams:
     """How to sample: InternVL's offline pipeline uses temperature 0.7, top_k 50, top_p 1.0 (SPEC §2)."""

@@ -16,15 +16,11 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
+from cascade_rl.rollout.base import EngineUnavailable, Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES, WeightGroup, spec_of
 from cascade_rl.rollout.wire import request_to_json, rollout_from_json, sampling_to_json, weights_to_bytes
 
 RETRYABLE_STATUS = (502, 503, 504)
-
-
-class EngineUnavailable(RuntimeError):
-    """The rollout server could not be reached or did not answer in time."""
 
 
 class TransferFailed(EngineUnavailable):

