@@ -62,12 +62,16 @@ class ServerEngine:
     def wait_until_ready(self, timeout_s: float = 300.0) -> dict:
         """Poll /health until the server answers (vLLM can take minutes to start)."""
         deadline = time.monotonic() + timeout_s
+        announced = False
         while True:
             try:
                 return self.health()
             except EngineUnavailable:
                 if time.monotonic() > deadline:
                     raise
+                if not announced:
+                    print(f"waiting up to {timeout_s:g} s for {self.url}/health (server_wait_s)", flush=True)
+                    announced = True
                 time.sleep(min(self.backoff_s, 2.0))
 
     def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
