@@ -7,6 +7,9 @@ import torch
 from cascade_rl.algos.checks import check_batch, require_finite, upcast
 
 SCALES = ("group", "batch", "none")
+# group_advantages' defaults, which InternVL3.5's released recipe uses (verl: per-group std, eps 1e-6) [SPEC §3].
+DEFAULT_SCALE = "group"
+DEFAULT_EPS = 1e-6
 
 
 def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -23,7 +26,7 @@ def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_size: int, *, scale: str = "group", eps: float = 1e-6
+    rewards: torch.Tensor, group_size: int, *, scale: str = DEFAULT_SCALE, eps: float = DEFAULT_EPS
 ) -> torch.Tensor:
     """Group-relative advantages (GRPO), the estimator of InternVL3.5's online stage.
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from cascade_rl.algos.checks import as_bool_mask, check_batch, check_shape, require_finite, upcast
-from cascade_rl.algos.running import RunningMean
 
 
 def _dpo(h_c: torch.Tensor, h_r: torch.Tensor, beta: float) -> torch.Tensor:
@@ -59,9 +58,9 @@ def bco_pair_loss(
 
     L_q = -log σ(β·h_c - δ) - log σ(-(β·h_r - δ))
     Source: BCO (Jung et al. 2024) as restated by the MPO paper (arXiv 2411.10442 §3) and TRL `bco_pair` in
-    trl v0.21.0 `dpo_trainer.py:1089-1098` [SPEC §1]. δ is the running reward mean (see `RunningMean`, `mpo_loss`);
-    it is treated as a constant (no gradient flows into it). Departure: current TRL (1.x) dropped δ (δ ≡ 0);
-    pass delta=0.0 to get that behaviour.
+    trl v0.21.0 `dpo_trainer.py:1089-1098` [SPEC §1]. δ is the running reward mean (see `RunningMean`,
+    `mean_implicit_reward`); it is treated as a constant (no gradient flows into it). Departure: current TRL
+    (1.x) dropped δ (δ ≡ 0); pass delta=0.0 to get that behaviour.
 
     Args:
         chosen_logratios: [B] summed log-prob of the chosen completion, policy minus reference.
@@ -97,42 +96,13 @@ def lm_loss(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _lm(upcast(token_logps), mask)
 
 
-def mpo_loss(
+def _checked_sums(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
-    chosen_token_logps: torch.Tensor,
-    chosen_mask: torch.Tensor,
-    *,
-    running: RunningMean,
-    beta: float = 0.1,
-    weights: tuple[float, float, float] = (0.8, 0.2, 1.0),
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mixed Preference Optimization loss of one micro-batch; updates `running` (δ) once.
-
-    L = w_p·mean_b L_p + w_q·mean_b L_q(δ) + w_g·L_g,   (w_p, w_q, w_g) = (0.8, 0.2, 1.0), β = 0.1
-    δ: `running.update(mean(cat(β·h_c, β·h_r)).detach())`, i.e. the cumulative mean of every micro-batch's mean
-    reward so far (all ranks), this micro-batch included, before δ is used.
-    Source: MPO paper (arXiv 2411.10442 §3); InternVL3.5 `internvl_chat_mpo.py:906-907` (loss types
-    sigmoid/bco_pair/sft, weights 0.8/0.2/1.0) running TRL 0.21 `DPOTrainer` [SPEC §1].
-    Departures: the reference log-probs are detached (they come from a frozen model anyway); δ is updated even
-    when w_q = 0 (TRL only updates it when bco_pair is among the loss types).
-
-    Args:
-        policy_chosen_logps: [B] Σ_t log π_θ over the chosen completion.
-        policy_rejected_logps: [B] Σ_t log π_θ over the rejected completion.
-        ref_chosen_logps: [B] Σ_t log π_0 over the chosen completion (frozen reference).
-        ref_rejected_logps: [B] Σ_t log π_0 over the rejected completion.
-        chosen_token_logps: [B, T] per-token log π_θ of the chosen sequences (for the LM term).
-        chosen_mask: [B, T] 1 on chosen completion tokens.
-        running: the δ state; updated in place (all-reduced across ranks when torch.distributed is initialised).
-        beta: β.
-        weights: (w_p, w_q, w_g).
-    Returns:
-        loss [] and detached metrics: dpo_loss, bco_loss, lm_loss (unweighted means), chosen_reward,
-        rejected_reward (means of β·h), reward_accuracy (share with β·h_c > β·h_r), reward_margin, delta.
-    """
+) -> dict[str, torch.Tensor]:
+    """The four per-sequence log-prob sums of a pair batch by name, after checking they are [B] alike."""
     named = {
         "policy_chosen_logps": policy_chosen_logps,
         "policy_rejected_logps": policy_rejected_logps,
@@ -142,18 +112,96 @@ def mpo_loss(
     check_batch("policy_chosen_logps", policy_chosen_logps, 1)
     for name, tensor in named.items():
         check_shape(name, tensor, policy_chosen_logps.shape, "[B] like policy_chosen_logps")
+    return named
+
+
+def _logratios(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """h_c, h_r [B]: policy minus (detached) reference sums."""
+    h_c = upcast(policy_chosen_logps) - upcast(ref_chosen_logps).detach()
+    h_r = upcast(policy_rejected_logps) - upcast(ref_rejected_logps).detach()
+    return h_c, h_r
+
+
+def mean_implicit_reward(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """This micro-batch's mean implicit reward, the value the BCO shift δ folds in before `mpo_loss` uses it.
+
+    r̄ = mean(cat(β·h_c, β·h_r)),   h = Σ_t log π_θ − Σ_t log π_0      (mean over the 2B completions)
+    Source: TRL 0.21 `DPOTrainer`, loss type `bco_pair` (`dpo_trainer.py:1089-1098`): the rewards β·h of the
+    chosen and the rejected completions, concatenated, averaged and detached, then `running.update` [SPEC §1].
+    Departures: none.
+    The MPO stage runs, per micro-batch: `delta = running.update(mean_implicit_reward(...))`, then
+    `mpo_loss(..., delta=delta)`, so the current micro-batch is folded in before δ is used (TRL's order).
+
+    Args:
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: [B] each, as `mpo_loss`.
+        beta: β.
+    Returns:
+        [] detached mean reward, at least float32.
+    """
+    named = _checked_sums(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    require_finite(named)  # before δ moves: a NaN here would poison every later BCO term
+    h_c, h_r = _logratios(*named.values())
+    return torch.cat([beta * h_c.detach(), beta * h_r.detach()]).mean()
+
+
+def mpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    chosen_token_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    *,
+    delta: torch.Tensor | float,
+    beta: float = 0.1,
+    weights: tuple[float, float, float] = (0.8, 0.2, 1.0),
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mixed Preference Optimization loss of one micro-batch; a pure function (it can be called twice on a batch).
+
+    L = w_p·mean_b L_p + w_q·mean_b L_q(δ) + w_g·L_g,   (w_p, w_q, w_g) = (0.8, 0.2, 1.0), β = 0.1
+    δ is the caller's: InternVL3.5 / TRL 0.21 use the running mean of every micro-batch's `mean_implicit_reward`
+    so far (all ranks), this micro-batch included (see `RunningMean`; the MPO stage does the update).
+    Source: MPO paper (arXiv 2411.10442 §3); InternVL3.5 `internvl_chat_mpo.py:906-907` (loss types
+    sigmoid/bco_pair/sft, weights 0.8/0.2/1.0) running TRL 0.21 `DPOTrainer` [SPEC §1].
+    Departures: the reference log-probs are detached (they come from a frozen model anyway).
+
+    Args:
+        policy_chosen_logps: [B] Σ_t log π_θ over the chosen completion.
+        policy_rejected_logps: [B] Σ_t log π_θ over the rejected completion.
+        ref_chosen_logps: [B] Σ_t log π_0 over the chosen completion (frozen reference).
+        ref_rejected_logps: [B] Σ_t log π_0 over the rejected completion.
+        chosen_token_logps: [B, T] per-token log π_θ of the chosen sequences (for the LM term).
+        chosen_mask: [B, T] 1 on chosen completion tokens.
+        delta: the BCO reward shift δ for this micro-batch, a float or a 0-d tensor (a constant for autograd).
+        beta: β.
+        weights: (w_p, w_q, w_g).
+    Returns:
+        loss [] and detached metrics: dpo_loss, bco_loss, lm_loss (unweighted means), chosen_reward,
+        rejected_reward (means of β·h), reward_accuracy (share with β·h_c > β·h_r), reward_margin, delta.
+    """
+    named = _checked_sums(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     check_batch("chosen_token_logps", chosen_token_logps, 2)
     chosen_mask = as_bool_mask(chosen_mask, name="chosen_mask")
     check_shape("chosen_mask", chosen_mask, chosen_token_logps.shape, "[B, T] like chosen_token_logps")
     if len(weights) != 3:
         raise ValueError(f"weights must be (w_dpo, w_bco, w_lm), got {weights!r}")
-    require_finite({**named, "chosen_token_logps": chosen_token_logps}, chosen_mask)
+    delta = _as_delta(delta, policy_chosen_logps.device)
+    require_finite({**named, "chosen_token_logps": chosen_token_logps, "delta": delta}, chosen_mask)
 
-    h_c = upcast(policy_chosen_logps) - upcast(ref_chosen_logps).detach()
-    h_r = upcast(policy_rejected_logps) - upcast(ref_rejected_logps).detach()
+    h_c, h_r = _logratios(*named.values())
     chosen_rewards, rejected_rewards = beta * h_c.detach(), beta * h_r.detach()
-    delta = running.update(torch.cat([chosen_rewards, rejected_rewards]).mean())
-
     dpo = _dpo(h_c, h_r, beta).mean()
     bco = _bco(h_c, h_r, beta, delta).mean()
     lm = _lm(upcast(chosen_token_logps), chosen_mask)
@@ -167,6 +215,16 @@ def mpo_loss(
         "rejected_reward": rejected_rewards.mean(),
         "reward_accuracy": (chosen_rewards > rejected_rewards).float().mean(),
         "reward_margin": (chosen_rewards - rejected_rewards).mean(),
-        "delta": delta.detach().clone(),
+        "delta": delta.clone(),
     }
     return loss, metrics
+
+
+def _as_delta(delta: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """δ as a detached 0-d tensor on `device` (a float becomes float64, RunningMean's own dtype; MPS: float32)."""
+    if not isinstance(delta, torch.Tensor):
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        return torch.tensor(float(delta), dtype=dtype, device=device)
+    if delta.numel() != 1:
+        raise ValueError(f"delta must be one number (a float or a 0-d tensor), got shape {tuple(delta.shape)}")
+    return delta.detach().reshape(()).to(device)

@@ -19,7 +19,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cascade_rl.algos import check_policy_loss_settings, get_advantage_estimator, get_policy_loss
+from cascade_rl.algos import (
+    advantage_options,
+    check_policy_loss_settings,
+    get_advantage_estimator,
+    get_policy_loss,
+    k3_kl,
+    sequence_is_weights,
+)
 from cascade_rl.config import dump_yaml
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data_tools.ledger import PassRateLedger
@@ -71,6 +78,8 @@ class GSPOConfig:
     clip_low: float = 3e-4
     clip_high: float = 4e-4
     advantage: str = "grpo"
+    advantage_scale: str = "group"  # "group" (GRPO), "batch" or "none" (Dr.GRPO: r - group mean, no division)
+    advantage_eps: float = 1e-6  # added to the std
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -98,7 +107,7 @@ class GSPOConfig:
         check_policy_loss_settings(
             self.policy_loss, aggregation=self.aggregation, clip_low=self.clip_low, clip_high=self.clip_high
         )
-        get_advantage_estimator(self.advantage)
+        advantage_options(self.advantage, scale=self.advantage_scale, eps=self.advantage_eps)
         if self.rollout_n < 2:
             raise ValueError("rollout_n must be at least 2: group advantages need several rollouts per prompt")
         if self.mini_batch_prompts > self.prompts_per_step:
@@ -180,6 +189,9 @@ class GSPOTrainer:
         )
         self.policy_loss = get_policy_loss(config.policy_loss)
         self.advantage = get_advantage_estimator(config.advantage)
+        self.advantage_options = advantage_options(
+            config.advantage, scale=config.advantage_scale, eps=config.advantage_eps
+        )
         reference = load_policy(config.model_path)[0].eval() if config.kl_coef > 0 else None
         self.reference = reference.to(self.accelerator.device) if reference is not None else None
         self.ledger = PassRateLedger()
@@ -261,7 +273,8 @@ class GSPOTrainer:
                 )
             )
         rewards = torch.cat([g.rewards for g in groups])
-        advantages = self.advantage(rewards, c.rollout_n).reshape(len(groups), c.rollout_n)
+        advantages = self.advantage(rewards, c.rollout_n, **self.advantage_options)
+        advantages = advantages.reshape(len(groups), c.rollout_n)
         for group, adv in zip(groups, advantages):
             group.advantages = adv
         return groups, records, result, seconds
@@ -323,19 +336,21 @@ class GSPOTrainer:
             sums[key] = sums.get(key, 0.0) + float(value.float().mean()) * group.size / n_seq
 
     def _is_weights(self, group: Group) -> torch.Tensor:
-        """Sequence-level truncated importance weights min(exp(mean_t(old_trainer − engine)), cap), or ones."""
+        """[G] `sequence_is_weights` of the trainer's old log-probs against the engine's (each over the engine's
+        tokens), or ones without is_correction."""
         if self.config.is_correction == "none":
             return torch.ones(group.size)
-        gaps = [(group.old_logps[k, : len(e)].cpu() - e).mean() for k, e in enumerate(group.engine_logps)]
-        return torch.exp(torch.stack(gaps)).clamp(max=self.config.is_cap)
+        engine = torch.nn.utils.rnn.pad_sequence(group.engine_logps, batch_first=True)  # [G, T_engine]
+        lengths = torch.tensor([len(e) for e in group.engine_logps])
+        mask = torch.arange(engine.shape[1])[None] < lengths[:, None]
+        trainer = group.old_logps[:, : engine.shape[1]].cpu()
+        return sequence_is_weights(trainer, engine, mask, cap=self.config.is_cap)
 
     def _kl(self, group: Group, logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """k3 estimator of KL(π_θ ‖ π_ref): mean over sequences of the token mean of exp(d) − d − 1, d = ref − θ."""
+        """`k3_kl` of the policy against the frozen reference on this group's completions."""
         with torch.no_grad():
             ref, _ = group.logps(self.reference, temperature=self.config.temperature, pad_id=self.pad_id)
-        d = (ref - logps) * mask
-        per_token = (torch.exp(d) - d - 1) * mask
-        return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        return k3_kl(logps, ref, mask)
 
     def run(self) -> dict:
         """Train from the saved state (if any) to `total` steps; writes metrics, ledger, state and `final/`."""

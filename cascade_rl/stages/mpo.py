@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
-from cascade_rl.algos import RunningMean, mpo_loss
+from cascade_rl.algos import RunningMean, mean_implicit_reward, mpo_loss
 from cascade_rl.config import dump_yaml
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.logprobs import CHUNK_SIZE
@@ -236,6 +236,9 @@ def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps,
             with accelerator.accumulate(scorer):  # syncs (DDP) or steps (DeepSpeed) on the last micro-step
                 chosen, rejected, token_logps, mask = scorer(batch)
                 ref_chosen, ref_rejected = (t.to(chosen.device) for t in reference(batch, idx))
+                # δ folds this micro-batch in (all-reduced over ranks) before the BCO term uses it, as TRL 0.21 does
+                reward = mean_implicit_reward(chosen, rejected, ref_chosen, ref_rejected, beta=config.beta)
+                delta = running.update(reward)
                 loss, metrics = mpo_loss(
                     chosen,
                     rejected,
@@ -243,7 +246,7 @@ def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps,
                     ref_rejected,
                     token_logps,
                     mask,
-                    running=running,
+                    delta=delta,
                     beta=config.beta,
                     weights=tuple(config.loss_weights),
                 )

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from cascade_rl.algos import summed_next_token_nll
 from cascade_rl.config import dump_yaml
 from cascade_rl.data import DataError, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
@@ -141,16 +142,15 @@ def collate(chats: list[EncodedChat], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def summed_token_loss(model, batch: dict[str, torch.Tensor], dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ −log π over trained tokens [] with grad, number of correctly argmax-predicted trained tokens [])."""
+    """Run the model on a collated batch; (`summed_next_token_nll` [] with grad, correctly argmax-predicted
+    trained tokens [])."""
     device = batch["input_ids"].device
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if "pixel_values" in batch:
         inputs["pixel_values"] = batch["pixel_values"].to(device, dtype)
-    logits = model(**inputs).logits[:, :-1].float()  # [B, T-1, V]: position t predicts token t+1
-    targets, mask = batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
-    hits = (logits[mask].argmax(-1) == targets[mask]).sum()
-    return nll, hits.detach()
+    logits = model(**inputs).logits  # [B, T, V]
+    nll, metrics = summed_next_token_nll(logits, batch["input_ids"], batch["loss_mask"])
+    return nll, metrics["correct_tokens"]
 
 
 def trained_tokens(chats: list[EncodedChat]) -> int:

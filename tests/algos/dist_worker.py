@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from algos.mpo_step import mpo_step
 
-from cascade_rl.algos import RunningMean, mpo_loss
+from cascade_rl.algos import RunningMean
 
 STEPS = 3
 
@@ -28,7 +29,7 @@ def run_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
         running = RunningMean()
         steps = []
         for step in range(STEPS):
-            loss, metrics = mpo_loss(*rank_batch(rank, step), running=running)
+            loss, metrics = mpo_step(*rank_batch(rank, step), running=running)
             steps.append({"loss": loss.detach(), "delta": metrics["delta"]})
         torch.save({"steps": steps, "state": running.state_dict()}, Path(out_dir) / f"rank{rank}.pt")
     finally:

@@ -129,3 +129,34 @@ def rloo(rewards: list[float], group_size: int) -> list[float]:
         group = rewards[start : start + group_size]
         out += [r - (sum(group) - r) / (group_size - 1) for r in group]
     return out
+
+
+def k3_kl(logps, ref_logps, mask) -> float:
+    """(1/B) Σ_b mean over kept t of exp(d) - d - 1, d = ref - logp; a row with no kept token counts as 0."""
+    per_seq = []
+    for row, ref_row, keep in zip(logps, ref_logps, mask):
+        terms = [math.exp(r - a) - (r - a) - 1 for a, r, k in zip(row, ref_row, keep) if k]
+        per_seq.append(sum(terms) / max(len(terms), 1))
+    return mean(per_seq)
+
+
+def sequence_is_weights(trainer_logps, engine_logps, mask, cap: float) -> list[float]:
+    """min(exp(mean over kept t of trainer - engine), cap) per row; exp(0) = 1 for a row with no kept token."""
+    out = []
+    for row, engine_row, keep in zip(trainer_logps, engine_logps, mask):
+        gaps = [a - e for a, e, k in zip(row, engine_row, keep) if k]
+        out.append(min(math.exp(sum(gaps) / max(len(gaps), 1)), cap))
+    return out
+
+
+def summed_next_token_nll(logits, input_ids, loss_mask) -> tuple[float, int]:
+    """Σ over kept targets t >= 1 of logsumexp(z_{t-1}) - z_{t-1}[id_t], and how many have argmax z_{t-1} = id_t."""
+    total, correct = 0.0, 0
+    for rows, ids, keep in zip(logits, input_ids, loss_mask):
+        for t in range(1, len(ids)):
+            if keep[t]:
+                z = rows[t - 1]
+                top = max(z)
+                total += top + math.log(sum(math.exp(v - top) for v in z)) - z[ids[t]]
+                correct += z.index(top) == ids[t]
+    return total, correct

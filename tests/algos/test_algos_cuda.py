@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from algos.mpo_step import mpo_step
 
-from cascade_rl.algos import RunningMean, grpo_loss, gspo_loss, mpo_loss
+from cascade_rl.algos import RunningMean, grpo_loss, gspo_loss
 
 pytestmark = [
     pytest.mark.gpu,
@@ -32,8 +33,8 @@ def test_mpo_delta_lives_on_the_device_and_checkpoints_to_cpu():
     sums = [-10 * torch.rand(3, generator=gen) for _ in range(4)]
     args = [*sums, -torch.rand(3, 4, generator=gen), torch.ones(3, 4)]
     cpu_running, gpu_running = RunningMean(), RunningMean()
-    cpu_loss, _ = mpo_loss(*args, running=cpu_running)
-    gpu_loss, metrics = mpo_loss(*[a.cuda() for a in args], running=gpu_running)
+    cpu_loss, _ = mpo_step(*args, running=cpu_running)
+    gpu_loss, metrics = mpo_step(*[a.cuda() for a in args], running=gpu_running)
     assert gpu_running.mean.device.type == "cuda" and metrics["delta"].device.type == "cuda"
     torch.testing.assert_close(gpu_loss.cpu(), cpu_loss)
     assert gpu_running.state_dict()["mean"].device.type == "cpu"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from algos import loss_reference as ref
+from algos.mpo_step import mpo_step
 
 from cascade_rl.algos import (
     RunningMean,
@@ -21,9 +22,13 @@ from cascade_rl.algos import (
     group_advantages,
     grpo_loss,
     gspo_loss,
+    k3_kl,
     lm_loss,
+    mean_implicit_reward,
     mpo_loss,
     rloo_advantages,
+    sequence_is_weights,
+    summed_next_token_nll,
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -80,6 +85,24 @@ def test_golden_files_match_reference():
         assert values == pytest.approx(ref.group_advantages(adv["rewards"], 4, scale, 1e-6), rel=1e-12)
     assert adv["expected_rloo"] == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3, -1.0])
 
+    kl = load("kl")
+    x = kl["inputs"]
+    assert math.isclose(kl["expected"], ref.k3_kl(x["logps"], x["ref_logps"], x["mask"]), rel_tol=1e-12)
+    by_hand = (1 / 6 + (math.exp(-1) + math.exp(2) - 3) / 2 + 0) / 3  # the file's 'hand' line
+    assert math.isclose(kl["expected"], by_hand, rel_tol=1e-12)
+
+    weights = load("importance")
+    x = weights["inputs"]
+    expected = ref.sequence_is_weights(x["trainer_logps"], x["engine_logps"], x["mask"], x["cap"])
+    assert weights["expected"] == pytest.approx(expected, rel=1e-12)
+    assert weights["expected"] == pytest.approx([math.exp(0.2), 2.0, math.exp(-0.6)], rel=1e-12)
+
+    nll = load("nll")
+    x = nll["inputs"]
+    total, correct = ref.summed_next_token_nll(x["logits"], x["input_ids"], x["loss_mask"])
+    assert math.isclose(nll["expected"]["nll"], total, rel_tol=1e-12) and nll["expected"]["correct_tokens"] == correct
+    assert math.isclose(total, math.log(35 / 3), rel_tol=1e-12) and correct == 2
+
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_mpo_three_calls_delta_evolves(dtype):
@@ -88,7 +111,7 @@ def test_mpo_three_calls_delta_evolves(dtype):
     for step, call in enumerate(golden["calls"], start=1):
         x = call["inputs"]
         tensors = [t(x[name], dtype) for name in MPO_ARGS[:5]] + [t(x["chosen_mask"], torch.long)]
-        loss, metrics = mpo_loss(*tensors, running=running, beta=golden["beta"], weights=tuple(golden["weights"]))
+        loss, metrics = mpo_step(*tensors, running=running, beta=golden["beta"], weights=tuple(golden["weights"]))
         close(loss, call["expected"]["loss"], dtype)
         for key in ("dpo_loss", "bco_loss", "lm_loss", "delta"):
             close(metrics[key].to(dtype), call["expected"][key], dtype)
@@ -97,10 +120,28 @@ def test_mpo_three_calls_delta_evolves(dtype):
     close(running.mean.to(dtype), (0.1 + 0.4 - 0.2) / 3, dtype)
 
 
+def test_mean_implicit_reward_is_the_batch_mean_of_beta_h():
+    golden = load("mpo")
+    # The golden calls' batch means of β·h (their 'hand' lines): 0.1, 0.4, -0.2.
+    for call, expected in zip(golden["calls"], (0.1, 0.4, -0.2)):
+        sums = [t(call["inputs"][name]) for name in MPO_ARGS[:4]]
+        close(mean_implicit_reward(*sums, beta=golden["beta"]), expected)
+
+
+def test_mpo_loss_twice_on_one_batch_gives_the_same_loss():
+    x = load("mpo")["calls"][1]["inputs"]
+    tensors = [t(x[name]) for name in MPO_ARGS[:5]] + [t(x["chosen_mask"], torch.long)]
+    first, first_metrics = mpo_loss(*tensors, delta=0.25)
+    second, second_metrics = mpo_loss(*tensors, delta=0.25)
+    assert torch.equal(first, second) and torch.equal(first_metrics["delta"], second_metrics["delta"])
+    # δ = 0.25 is the second golden call's δ: the same loss as that call of the stage's running update.
+    close(first, load("mpo")["calls"][1]["expected"]["loss"])
+
+
 def test_mpo_reward_metrics_by_hand():
     x = load("mpo")["calls"][0]["inputs"]
     tensors = [t(x[name]) for name in MPO_ARGS[:5]] + [t(x["chosen_mask"], torch.long)]
-    _, metrics = mpo_loss(*tensors, running=RunningMean())
+    _, metrics = mpo_step(*tensors, running=RunningMean())
     # β·h_c = [0.3, 0.1], β·h_r = [-0.1, 0.1]: chosen beats rejected in pair 1 only (pair 2 ties).
     close(metrics["chosen_reward"], 0.2)
     close(metrics["rejected_reward"], 0.0)
@@ -202,3 +243,58 @@ def test_integer_rewards_are_accepted():
     ints = torch.tensor([int(r) for r in golden["rewards"]])  # 0/1 correctness rewards often arrive as ints
     out = group_advantages(ints, golden["group_size"], scale="none")
     torch.testing.assert_close(out, t(golden["expected"]["none"], torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_k3_kl_golden_and_its_gradient(dtype):
+    golden = load("kl")
+    x = golden["inputs"]
+    logps = t(x["logps"], dtype).requires_grad_(True)
+    kl = k3_kl(logps, t(x["ref_logps"], dtype), t(x["mask"], torch.long))
+    close(kl, golden["expected"], dtype)
+    (grad,) = torch.autograd.grad(kl, logps)
+    # ∂k3/∂logp = 1 - exp(d), divided by the row's kept tokens and by B = 3; masked slots get 0.
+    expected = [
+        [0.0, (1 - 2) / 9, (1 - 0.5) / 9],
+        [(1 - math.exp(-1)) / 6, (1 - math.exp(2)) / 6, 0.0],
+        [0.0, 0.0, 0.0],
+    ]
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(grad, t(expected, dtype), rtol=tol, atol=tol)
+
+
+def test_k3_kl_of_a_policy_against_itself_is_zero():
+    logps = -torch.rand(2, 4, dtype=torch.float64)
+    close(k3_kl(logps, logps.clone(), torch.ones(2, 4)), 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sequence_is_weights_golden(dtype):
+    golden = load("importance")
+    x = golden["inputs"]
+    mask = t(x["mask"], torch.long)
+    weights = sequence_is_weights(t(x["trainer_logps"], dtype), t(x["engine_logps"], dtype), mask, cap=x["cap"])
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(weights, t(golden["expected"], dtype), rtol=tol, atol=tol)
+    # A row with nothing kept gets exp(0) = 1.
+    empty = sequence_is_weights(t(x["trainer_logps"]), t(x["engine_logps"]), torch.zeros_like(mask), cap=2.0)
+    torch.testing.assert_close(empty, torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_summed_next_token_nll_golden_and_its_gradient(dtype):
+    golden = load("nll")
+    x = golden["inputs"]
+    logits = t(x["logits"], dtype).requires_grad_(True)
+    nll, metrics = summed_next_token_nll(logits, t(x["input_ids"], torch.long), t(x["loss_mask"], torch.long))
+    assert nll.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2}[dtype]  # bf16: ln 2 etc. rounded
+    torch.testing.assert_close(nll, torch.tensor(golden["expected"]["nll"], dtype=nll.dtype), rtol=tol, atol=tol)
+    assert int(metrics["correct_tokens"]) == golden["expected"]["correct_tokens"]
+    (grad,) = torch.autograd.grad(nll, logits)
+    # ∂nll/∂z = softmax(z) - onehot(target) on the three predicting positions, 0 on the junk ones.
+    expected = torch.zeros(2, 3, 3, dtype=torch.float64)
+    expected[0, 0] = t([1 / 2 - 1, 1 / 4, 1 / 4])
+    expected[0, 1] = t([1 / 5, 3 / 5 - 1, 1 / 5])
+    expected[1, 0] = t([4 / 7, 1 / 7, 2 / 7 - 1])
+    torch.testing.assert_close(grad.double(), expected, rtol=tol, atol=tol)

@@ -16,8 +16,12 @@ from cascade_rl.algos import (
     group_advantages,
     grpo_loss,
     gspo_loss,
+    k3_kl,
     lm_loss,
+    mean_implicit_reward,
     mpo_loss,
+    sequence_is_weights,
+    summed_next_token_nll,
 )
 
 
@@ -80,25 +84,37 @@ def test_policy_losses_name_the_non_finite_tensor(fn, position):
         fn(*args)
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps", "chosen_token_logps"],
-)
-def test_mpo_names_the_non_finite_tensor_and_leaves_delta_alone(name):
+MPO_SUMS = ["policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps"]
+
+
+def mpo_inputs_with_inf(name: str) -> list[torch.Tensor]:
     args = mpo_inputs()
-    index = [
-        "policy_chosen_logps",
-        "policy_rejected_logps",
-        "ref_chosen_logps",
-        "ref_rejected_logps",
-        "chosen_token_logps",
-    ].index(name)
+    index = [*MPO_SUMS, "chosen_token_logps"].index(name)
     args[index] = args[index].clone()
     args[index].view(-1)[0] = float("-inf")
+    return args
+
+
+@pytest.mark.parametrize("name", [*MPO_SUMS, "chosen_token_logps"])
+def test_mpo_names_the_non_finite_tensor(name):
+    with pytest.raises(ValueError, match=rf"^{name} contains NaN or inf"):
+        mpo_loss(*mpo_inputs_with_inf(name), delta=0.0)
+
+
+@pytest.mark.parametrize("name", MPO_SUMS)
+def test_a_non_finite_sum_never_reaches_delta(name):
+    # The stage's order: mean_implicit_reward refuses the batch before running.update sees it.
     running = RunningMean()
     with pytest.raises(ValueError, match=rf"^{name} contains NaN or inf"):
-        mpo_loss(*args, running=running)
+        running.update(mean_implicit_reward(*mpo_inputs_with_inf(name)[:4]))
     assert running.count < 1  # a NaN never reached the running mean
+
+
+def test_mpo_refuses_a_delta_that_is_not_one_finite_number():
+    with pytest.raises(ValueError, match="delta must be one number"):
+        mpo_loss(*mpo_inputs(), delta=torch.zeros(2))
+    with pytest.raises(ValueError, match="^delta contains NaN or inf"):
+        mpo_loss(*mpo_inputs(), delta=float("nan"))
 
 
 def test_piece_functions_name_their_inputs():
@@ -113,6 +129,26 @@ def test_piece_functions_name_their_inputs():
         group_advantages(torch.tensor([1.0, float("nan")]), 2)
 
 
+def test_online_extras_name_their_non_finite_inputs():
+    good, bad, mask = torch.zeros(2, 2), torch.tensor([[0.0, float("inf")], [0.0, 0.0]]), torch.ones(2, 2)
+    with pytest.raises(ValueError, match="^ref_logps contains NaN or inf at kept"):
+        k3_kl(good, bad, mask)
+    with pytest.raises(ValueError, match="^engine_logps contains NaN or inf at kept"):
+        sequence_is_weights(good, bad, mask, cap=2.0)
+    with pytest.raises(ValueError, match="cap=0.0 must be > 0"):
+        sequence_is_weights(good, good, mask, cap=0.0)
+
+
+def test_summed_next_token_nll_shape_errors():
+    logits, ids, mask = torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3)
+    with pytest.raises(ValueError, match=r"logits must be a \[B, T, V\] tensor"):
+        summed_next_token_nll(logits[0], ids, mask)
+    with pytest.raises(ValueError, match="^input_ids has shape"):
+        summed_next_token_nll(logits, ids[:, :2], mask)
+    with pytest.raises(ValueError, match="^loss_mask has shape"):
+        summed_next_token_nll(logits, ids, mask[:1])
+
+
 def test_shape_errors_name_the_argument():
     logps, old, adv, mask = policy_inputs()
     with pytest.raises(ValueError, match="^mask has shape"):
@@ -125,6 +161,10 @@ def test_shape_errors_name_the_argument():
         dpo_sigmoid_loss(torch.zeros(2), torch.zeros(3), beta=0.1)
     with pytest.raises(ValueError, match="unknown GSPO variant"):
         gspo_loss(logps, old, adv, mask, variant="tokens")
+    with pytest.raises(ValueError, match="^ref_logps has shape"):
+        k3_kl(logps, old[:, :2], mask)
+    with pytest.raises(ValueError, match="^mask has shape"):
+        sequence_is_weights(logps, old, mask[:1], cap=2.0)
 
 
 def test_advantage_input_errors():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from algos.mpo_step import mpo_step
 
 import cascade_rl.algos as algos
 from cascade_rl.algos import registry
@@ -26,6 +27,23 @@ def test_unknown_names_list_the_valid_ones():
         algos.get_policy_loss("ppo")
     with pytest.raises(KeyError, match="unknown advantage estimator 'gae'; valid names: grpo, rloo"):
         algos.get_advantage_estimator("gae")
+
+
+def test_advantage_options_pass_what_the_estimator_takes():
+    assert algos.advantage_options("grpo") == {"scale": "group", "eps": 1e-6}
+    assert algos.advantage_options("grpo", scale="none", eps=1e-4) == {"scale": "none", "eps": 1e-4}
+    assert algos.advantage_options("rloo") == {}  # rloo takes neither; the defaults are not an error
+
+
+def test_advantage_options_refuse_bad_or_ignored_values():
+    with pytest.raises(ValueError, match="scale 'std' is unknown; valid: group, batch, none"):
+        algos.advantage_options("grpo", scale="std")
+    with pytest.raises(ValueError, match="eps=0.0 must be > 0"):
+        algos.advantage_options("grpo", eps=0.0)
+    with pytest.raises(ValueError, match="'rloo' takes no scale, so scale='none' would be ignored"):
+        algos.advantage_options("rloo", scale="none")
+    with pytest.raises(KeyError, match="unknown advantage estimator 'gae'"):
+        algos.advantage_options("gae")
 
 
 @pytest.mark.parametrize("name", ["gspo", "gspo_token", "grpo"])
@@ -81,7 +99,7 @@ def test_registration_in_a_test_leaves_global_tables_alone():
 def test_mpo_metrics_are_detached():
     policy = [(-torch.rand(2)).requires_grad_(True) for _ in range(2)]
     token_logps = (-torch.rand(2, 3)).requires_grad_(True)
-    loss, metrics = algos.mpo_loss(
+    loss, metrics = mpo_step(
         *policy, -torch.rand(2), -torch.rand(2), token_logps, torch.ones(2, 3), running=algos.RunningMean()
     )
     assert loss.requires_grad

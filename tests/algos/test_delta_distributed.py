@@ -7,8 +7,9 @@ import socket
 import torch
 import torch.multiprocessing as mp
 from algos.dist_worker import STEPS, rank_batch, run_rank
+from algos.mpo_step import mpo_step
 
-from cascade_rl.algos import RunningMean, mpo_loss
+from cascade_rl.algos import RunningMean
 
 
 def free_port() -> int:
@@ -24,7 +25,7 @@ def test_delta_over_two_ranks_equals_one_process_over_the_union(tmp_path):
     union_running = RunningMean()
     for step in range(STEPS):
         union = [torch.cat(parts) for parts in zip(rank_batch(0, step), rank_batch(1, step))]
-        loss, metrics = mpo_loss(*union, running=union_running)
+        loss, metrics = mpo_step(*union, running=union_running)
         for rank in ranks:
             torch.testing.assert_close(rank["steps"][step]["delta"], metrics["delta"], rtol=1e-14, atol=1e-15)
         # Equal pair and token counts per rank: the union's loss is the mean of the two ranks' losses.
@@ -40,7 +41,7 @@ def test_a_rank_alone_would_drift():
     # Control: without the all-reduce, rank 0's δ is its own running mean and differs from the union's.
     alone, union_running = RunningMean(), RunningMean()
     for step in range(STEPS):
-        _, own = mpo_loss(*rank_batch(0, step), running=alone)
+        _, own = mpo_step(*rank_batch(0, step), running=alone)
         union = [torch.cat(parts) for parts in zip(rank_batch(0, step), rank_batch(1, step))]
-        _, shared = mpo_loss(*union, running=union_running)
+        _, shared = mpo_step(*union, running=union_running)
     assert not torch.allclose(own["delta"], shared["delta"])

@@ -1,4 +1,4 @@
-"""RunningMean (δ of BCO): TRL RunningMoments semantics, checkpoint round trips, resume of mpo_loss."""
+"""RunningMean (δ of BCO): TRL RunningMoments semantics, checkpoint round trips, resume of the MPO loss."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 
 import pytest
 import torch
+from algos.mpo_step import mpo_step
 
-from cascade_rl.algos import RunningMean, mpo_loss
+from cascade_rl.algos import RunningMean
 
 
 def test_cumulative_equal_weight_mean_not_an_ema():
@@ -65,15 +66,15 @@ def mpo_batch(step: int):
 
 def test_resumed_mpo_losses_equal_uninterrupted_ones():
     uninterrupted = RunningMean()
-    expected = [mpo_loss(*mpo_batch(step), running=uninterrupted)[0] for step in range(4)]
+    expected = [mpo_step(*mpo_batch(step), running=uninterrupted)[0] for step in range(4)]
 
     first = RunningMean()
-    losses = [mpo_loss(*mpo_batch(step), running=first)[0] for step in range(2)]
+    losses = [mpo_step(*mpo_batch(step), running=first)[0] for step in range(2)]
     checkpoint = first.state_dict()
     resumed = RunningMean()
     resumed.load_state_dict(checkpoint)
-    losses += [mpo_loss(*mpo_batch(step), running=resumed)[0] for step in range(2, 4)]
+    losses += [mpo_step(*mpo_batch(step), running=resumed)[0] for step in range(2, 4)]
     torch.testing.assert_close(torch.stack(losses), torch.stack(expected), rtol=0, atol=0)
 
     fresh = RunningMean()  # forgetting δ on resume changes the loss: the state is not optional
-    assert not torch.equal(mpo_loss(*mpo_batch(2), running=fresh)[0], expected[2])
+    assert not torch.equal(mpo_step(*mpo_batch(2), running=fresh)[0], expected[2])

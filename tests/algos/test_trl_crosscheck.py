@@ -17,6 +17,7 @@ import pytest
 import torch
 
 pytest.importorskip("trl")
+from algos.mpo_step import mpo_step  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
@@ -132,12 +133,10 @@ def test_trl_bco_pair_has_no_delta(tokenizer, tmp_path):
     theirs = trainer.compute_loss(trainer.model, batch)
     pieces = our_dpo_pieces(trainer, batch)
 
-    frozen = RunningMean()  # δ pinned at 0: an enormous count makes every update negligible
-    frozen.load_state_dict({"mean": 0.0, "count": 1e30})
-    ours_no_delta, _ = mpo_loss(*pieces, running=frozen)
+    ours_no_delta, _ = mpo_loss(*pieces, delta=0.0)
     assert_same(ours_no_delta, theirs, trainer.model)
 
-    ours, metrics = mpo_loss(*pieces, running=RunningMean())  # first call: δ = this batch's mean reward
+    ours, metrics = mpo_step(*pieces, running=RunningMean())  # first update: δ = this batch's mean reward
     h_c, h_r = pieces[0] - pieces[2], pieces[1] - pieces[3]
     delta = metrics["delta"]
     torch.testing.assert_close(delta.float(), BETA * torch.cat([h_c, h_r]).mean().detach())

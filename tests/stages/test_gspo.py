@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cascade_rl.config import ConfigError, load_config
 from cascade_rl.models import load_policy
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec
-from cascade_rl.stages.gspo import GSPOConfig, run_gspo
+from cascade_rl.stages.gspo import GSPOConfig, GSPOTrainer, run_gspo
 from cascade_rl.train.metrics import read_metrics
 
 
@@ -98,6 +98,42 @@ def test_gspo_refuses_token_sum_with_the_reason(tmp_path):
         load_config(GSPOConfig, {"model_path": "m", "prompts": "p", "aggregation": "token-sum"})
     with pytest.raises(ConfigError, match="rollout_n must be at least 2"):
         load_config(GSPOConfig, {"model_path": "m", "prompts": "p", "rollout_n": 1})
+
+
+def test_advantage_scale_none_gives_the_unscaled_advantages(tiny_checkpoint, tmp_path):
+    # Dr.GRPO: Â = r - group mean, no division by the std. Vowel share gives dense rewards that differ in a group.
+    vowels = [RewardSpec("stages.easy_rewards:vowel_share")]
+    correct = [CorrectRule(vowels[0].name, 0.5)]
+    cfg = config(tiny_checkpoint, tmp_path, advantage_scale="none", rewards=vowels, correct=correct)
+    trainer = GSPOTrainer(cfg)
+    groups, _, _ = trainer.collect(0, 0)
+    trainer.runner.close()
+    assert any(not g.zero_variance for g in groups)
+    for group in groups:
+        centered = group.rewards - group.rewards.mean()
+        torch.testing.assert_close(group.advantages, centered)
+        if not group.zero_variance:  # rewards in [0, 1]: std < 1, so the default scale would differ
+            assert not torch.allclose(group.advantages, centered / (group.rewards.std() + 1e-6))
+
+
+def test_kl_penalty_and_is_correction_run_through_the_algos_functions(tiny_checkpoint, tmp_path):
+    # The reference is the starting policy and the HF engine samples with the trainer's weights: the KL starts at
+    # 0 (k3 ≥ 0) and stays tiny after one update; the IS weights are about 1, so the step trains normally.
+    cfg = config(tiny_checkpoint, tmp_path, max_steps=1, kl_coef=0.1, is_correction="sequence", is_cap=2.0)
+    run_gspo(cfg)
+    (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert 0.0 <= row["kl"] < 1e-2
+    assert 0.9 < row["ratio_mean"] < 1.1 and row["grad_norm"] > 0
+
+
+def test_gspo_refuses_unknown_or_ignored_advantage_settings():
+    base = {"model_path": "m", "prompts": "p"}
+    with pytest.raises(ConfigError, match="scale 'std' is unknown; valid: group, batch, none"):
+        load_config(GSPOConfig, {**base, "advantage_scale": "std"})
+    with pytest.raises(ConfigError, match="eps=-1.0 must be > 0"):
+        load_config(GSPOConfig, {**base, "advantage_eps": -1.0})
+    with pytest.raises(ConfigError, match="'rloo' takes no scale"):
+        load_config(GSPOConfig, {**base, "advantage": "rloo", "advantage_scale": "none"})
 
 
 @pytest.mark.parametrize("transport", ["http", "gloo"])
