@@ -187,6 +187,7 @@ def read_prompts(
     unique ids, and (if `check_images`) that each image exists under `image_root` and has a readable header.
     on_error="raise": the first bad row raises DataError naming file:line, the problem and the fix.
     on_error="skip": bad rows are dropped and counted by reason in the summary.
+    A file that gives no rows (empty, or every row skipped) raises DataError naming it: no stage runs on nothing.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -205,7 +206,23 @@ def read_prompts(
         first_seen[row.id] = source
         rows.append(row)
     summary.n_kept = len(rows)
+    if not rows:
+        raise DataError(_nothing_to_run_on(summary), reason="no_rows")
     return rows, summary
+
+
+def _nothing_to_run_on(summary: ReadSummary) -> str:
+    """Why a prompt file gave no rows: empty, or every row skipped (by reason, with the first skip's message)."""
+    if not summary.n_rows:
+        return (
+            f"{summary.path}: no prompt rows in the file; a stage refuses to run on nothing: fill it or fix the path"
+        )
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(summary.skipped.items()))
+    first = f"; first: {summary.examples[0]}" if summary.examples else ""
+    return (
+        f"{summary.path}: all {summary.n_rows} rows were skipped by on_error=skip ({reasons}){first}; "
+        "a stage refuses to run on nothing: fix the rows"
+    )
 
 
 def _checked_row(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cascade_rl.data import DataError
 from cascade_rl.data_tools.filter import filter_by_pass_rate, select_prompt_rows
 from cascade_rl.data_tools.ledger import PassRateLedger
 
@@ -28,5 +29,11 @@ class FilterStageConfig:
 def run_filter(config: FilterStageConfig) -> dict:
     ledger = PassRateLedger.load(config.ledger)
     keep = filter_by_pass_rate(ledger, low=config.low, high=config.high)
+    if not keep:
+        raise DataError(
+            f"{config.ledger}: none of its {len(ledger)} prompts has a pass rate in [{config.low}, {config.high}]; "
+            "the next stage would run on nothing: widen low / high",
+            reason="no_rows",
+        )
     summary = select_prompt_rows(config.prompts, keep, config.out)
     return {"ledger_prompts": len(ledger), "kept": len(keep), **vars(summary)}

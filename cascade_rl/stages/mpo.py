@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cascade_rl.algos import RunningMean, mean_implicit_reward, mpo_loss
 from cascade_rl.config import dump_yaml
+from cascade_rl.data import DataError
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.logprobs import CHUNK_SIZE
 from cascade_rl.models.pairs import pair_token_logps
@@ -177,7 +178,7 @@ def run_mpo(config: MPOConfig) -> dict:
         on_overlong=config.on_overlong,
     )
     if not pairs:
-        raise ValueError(f"{config.pairs}: no trainable pairs ({data_summary})")
+        raise DataError(f"{config.pairs}: no trainable pairs ({data_summary}); fix the file or raise max_length")
     if zero3:
         check_zero3_run(config)
     precomputed_now = config.reference == "precomputed" and not zero3  # under ZeRO-3: through the engine, below

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from cascade_rl.data import DataError
 from cascade_rl.data_tools.pairs import build_pairs, write_pairs
 from cascade_rl.data_tools.store import RolloutStore
 
@@ -32,4 +33,11 @@ def run_pairs(config: PairsStageConfig) -> dict:
     path = write_pairs(config.out, pairs)
     result = {"pairs": len(pairs), "out": str(path), **summary.as_dict()}
     Path(str(path) + ".summary.json").write_text(json.dumps(result, indent=2))
+    if not pairs:
+        raise DataError(
+            f"{config.rollouts}: no preference pair could be built ({summary.as_dict()}); a pair needs a prompt with "
+            "both correct and incorrect samples: sample more per prompt (sampling.n) or use prompts of moderate "
+            "difficulty",
+            reason="no_pairs",
+        )
     return result

@@ -129,3 +129,17 @@ def test_broken_json_list_names_the_place(tmp_path):
         DataError, match=r"p.json: not valid JSON \(Expecting value at line 2 column 15\); fix the file"
     ):
         read_prompts(path)
+
+
+def test_an_empty_file_is_refused_by_name(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError, match=r"empty.jsonl: no prompt rows in the file.*refuses to run on nothing"):
+        read_prompts(path)
+
+
+def test_a_file_whose_rows_were_all_skipped_is_refused_with_the_reasons(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "   "}\n{"question": "  "}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: all 2 rows were skipped by on_error=skip \(2 empty_question\)"):
+        read_prompts(path, on_error="skip")

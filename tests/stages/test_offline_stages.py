@@ -66,6 +66,26 @@ def test_scripted_rollouts_give_the_expected_ledger_pairs_and_filter(tmp_path):
     assert [json.loads(line)["id"] for line in open(tmp_path / "online.jsonl")] == ["q1", "q2", "q3"]
 
 
+def test_pairs_and_filter_refuse_to_hand_on_nothing(tmp_path):
+    prompts = write_prompts(tmp_path)
+    run_rollouts(config(tmp_path, prompts), engine=ScriptedEngine())
+    ledger = str(tmp_path / "offline" / "ledger.json")
+    narrow = FilterStageConfig(ledger=ledger, prompts=str(prompts), out=str(tmp_path / "o.jsonl"), low=0.9, high=1.0)
+    with pytest.raises(DataError, match=r"ledger.json: none of its 4 prompts has a pass rate in \[0.9, 1.0\].*widen"):
+        run_filter(narrow)  # pass rates are 0, 0.25, 0.5 and 0.75
+    store = RolloutStore(tmp_path / "only_q0", readonly=False)
+    store.append(
+        [
+            r
+            for r in RolloutStore(tmp_path / "offline" / "rollouts", readonly=True).iter_records()
+            if r.prompt_id == "q0"
+        ]
+    )
+    store.close()
+    with pytest.raises(DataError, match=r"only_q0: no preference pair could be built.*sampling.n"):
+        run_pairs(PairsStageConfig(rollouts=str(tmp_path / "only_q0"), out=str(tmp_path / "none.jsonl")))
+
+
 class CrashingEngine(ScriptedEngine):
     def generate(self, requests, *, n, sampling):
         if self.calls:
