@@ -48,7 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     model, processor = load_policy(args.model)
     engine = HFEngine(model.eval(), processor, max_tiles=args.max_tiles, batch_size=args.batch_size)
-    server = RolloutServer(engine, model, host=args.host, port=args.port, model_path=args.model)
+    limit = int(args.max_body_mb * 2**20)
+    server = RolloutServer(engine, model, host=args.host, port=args.port, model_path=args.model, max_body_bytes=limit)
     print(f"serving {args.model} (hf) on {server.url}", flush=True)
     server.serve_forever()
     return 0
@@ -144,6 +145,7 @@ def _add_serve(sub) -> None:
     serve.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
     serve.add_argument("--max-tiles", type=int, default=12)
     serve.add_argument("--batch-size", type=int, default=16, help="sequences per generate batch (hf engine)")
+    serve.add_argument("--max-body-mb", type=float, default=16384, help="largest request body (hf engine), else 413")
     vllm = serve.add_argument_group("vllm engine")
     vllm.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU vLLM may take")
     vllm.add_argument(

@@ -29,6 +29,7 @@ from cascade_rl.rollout.wire import (
 )
 
 logger = logging.getLogger(__name__)
+DEFAULT_MAX_BODY_BYTES = 16 * 2**30  # room for an 8B policy's trainable weights in bf16 over HTTP
 
 
 class RolloutServer:
@@ -47,10 +48,12 @@ class RolloutServer:
         host: str = "127.0.0.1",
         port: int = 8000,
         model_path: str = "",
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ):
         if model is None and (param_names is None or not hasattr(engine, "load_weights")):
             raise ValueError("give the served model, or param_names with an engine that loads weights itself")
         self.engine, self.model, self.model_path = engine, model, model_path
+        self.max_body_bytes = max_body_bytes
         self.param_names = param_names if param_names is not None else {n for n, _ in model.named_parameters()}
         self.weights_version = 0
         self.group: WeightGroup | None = None
@@ -165,7 +168,12 @@ def _handler_for(server: RolloutServer):
             return self._reply(404, {"error": f"no endpoint {self.path}"})
 
         def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            size = int(self.headers.get("Content-Length", 0))
+            if size > server.max_body_bytes:  # refused before reading: the body never reaches memory
+                self.close_connection = True
+                limit = f"{size} bytes > the limit of {server.max_body_bytes} (max_body_bytes / --max-body-mb)"
+                return self._reply(413, {"error": f"request body too large: {limit}"})
+            body = self.rfile.read(size)
             try:
                 if self.path == "/generate":
                     return self._reply(200, server.generate(json.loads(body)))
