@@ -1,11 +1,12 @@
-# Set-up: `make demo` runs the main job on the embedded default, `make test` runs the tests.
+# Set-up: `make demo` runs the main job on the embedded default, `make test` runs the tests (`make test-slow` the
+# long end-to-end ones; CI runs both).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-vllm demo test test-vllm gpu-check lint format bench bench-vllm clean
+.PHONY: install install-vllm demo test test-slow test-vllm gpu-check lint format bench bench-vllm clean
 
 install: $(STAMP)
 
@@ -39,8 +40,13 @@ $(VLLM_STAMP): pyproject.toml tests/vllm_cpu/requirements-cpu.txt
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m cascade_rl.demo
 
+# Under 5 minutes on 2 idle cores: the tests marked `slow` (end-to-end cascade, DDP and DeepSpeed runs, long
+# learning checks) are left to `make test-slow`.
 test: install
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not gpu and not vllm" -q
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not gpu and not vllm and not slow" -q
+
+test-slow: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "slow and not gpu and not vllm" -q
 
 # vLLM's own engine on the CPU (vllm-cpu): the vLLM tests, and loading our checkpoints with plain transformers
 # (AutoProcessor needs torchvision, which this env has).

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 
 from .contract import RewardFn
 
-__all__ = ["get_reward", "available_rewards", "BUILTIN_REWARDS", "ENTRY_POINT_GROUP"]
+__all__ = ["get_reward", "available_rewards", "check_reward_kwargs", "BUILTIN_REWARDS", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "cascade_rl.rewards"
 
@@ -85,3 +86,29 @@ def get_reward(name_or_path: str) -> RewardFn:
         f"unknown reward {name_or_path!r}; valid names: {', '.join(available_rewards())} "
         f"(or a 'package.module:function' path, or a plugin in entry-point group {ENTRY_POINT_GROUP!r})"
     )
+
+
+def keyword_parameters(fn: Callable) -> dict[str, inspect.Parameter]:
+    """The parameters a reward's ``kwargs`` may bind: every named one after the completions."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    return {p.name: p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def check_reward_kwargs(name: str, fn: Callable, kwargs: Mapping[str, object]) -> None:
+    """Refuse a ``kwargs`` key that ``fn`` has no named parameter for, even when it takes ``**columns``: a
+    misspelled YAML key must not vanish into the catch-all.
+
+    >>> check_reward_kwargs("iou", get_reward("iou"), {"threshold": 0.7})
+    Traceback (most recent call last):
+    ...
+    ValueError: reward 'iou' has no parameter(s) ['threshold']; its options: (none); its columns: bbox
+    """
+    named = keyword_parameters(fn)
+    unknown = sorted(set(kwargs) - set(named))
+    if unknown:
+        options = [f"{p.name}={p.default!r}" for p in named.values() if p.default is not p.empty]
+        columns = [p.name for p in named.values() if p.default is p.empty]
+        raise ValueError(
+            f"reward {name!r} has no parameter(s) {unknown}; its options: {', '.join(options) or '(none)'}; "
+            f"its columns: {', '.join(columns) or '(none)'}"
+        )

@@ -25,7 +25,7 @@ from typing import Any
 
 from .contract import check_rewards, column_names, runs_in_process
 from .pool import Outcome, WorkerPool
-from .registry import get_reward
+from .registry import check_reward_kwargs, get_reward
 
 __all__ = ["RewardRunner", "RewardResult"]
 
@@ -280,13 +280,8 @@ class _Bound:
     """A reward with fixed keyword arguments from the YAML ``kwargs`` key; picklable, unlike a lambda."""
 
     def __init__(self, name: str, fn: Callable, kwargs: dict[str, Any]) -> None:
+        check_reward_kwargs(name, fn, kwargs)
         signature = inspect.signature(fn)
-        named = [
-            n for n, p in list(signature.parameters.items())[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        unknown = set(kwargs) - set(named)
-        if unknown:  # even with **columns: a misspelled YAML key must not vanish into it
-            raise ValueError(f"reward {name!r} has no parameter(s) {sorted(unknown)}; its parameters: {named}")
         self.__name__ = name
         self.fn, self.kwargs = fn, kwargs
         self.in_process = runs_in_process(fn)

@@ -8,20 +8,31 @@ applies to it (returns a value, not None: the reward contract's "does not apply"
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 from cascade_rl.data_tools.records import RolloutRecord
 from cascade_rl.rewards.parsing import extract_final_answer
+from cascade_rl.rewards.registry import check_reward_kwargs, get_reward
 from cascade_rl.rewards.runner import RewardResult, RewardRunner
 from cascade_rl.rollout.base import Rollout
 
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """One reward of the weighted sum: a built-in name or "package.module:function"."""
+    """One reward of the weighted sum: a built-in name or "package.module:function", its weight, and `kwargs`
+    bound to the function's named parameters in every call (YAML: `{name: grounding_accuracy, kwargs:
+    {threshold: 0.7}}`). A `kwargs` key the function has no parameter for is refused here, at config time."""
 
     name: str
     weight: float = 1.0
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.kwargs, dict) or not all(isinstance(key, str) for key in self.kwargs):
+            raise ValueError(f"reward {self.name!r}: kwargs must map parameter names to values, got {self.kwargs!r}")
+        if self.kwargs:  # imports the function: only when there is something to check
+            check_reward_kwargs(self.name, get_reward(self.name), self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,12 @@ def check_rules(rewards: list[RewardSpec], rules: list[CorrectRule]) -> None:
     missing = [rule.reward for rule in rules if rule.reward not in names]
     if missing or not rules:
         raise ValueError(f"correct rules {[r.reward for r in rules]} must name rewards among {names}")
+
+
+def reward_runner(specs: list[RewardSpec], **runner_kwargs) -> RewardRunner:
+    """A RewardRunner over `specs`: their names, weights and kwargs (bound in the worker processes as well);
+    `runner_kwargs` go to its constructor (`timeout_s`, `num_workers`)."""
+    return RewardRunner.from_config([dataclasses.asdict(spec) for spec in specs], **runner_kwargs)
 
 
 def reward_columns(rollouts: list[Rollout]) -> dict[str, list]:

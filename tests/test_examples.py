@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
     [
         ("custom_reward.py", "total: [1.0, 0.1]"),  # 0.9·math + 0.1·brevity: right and short; wrong but short
         ("custom_dataset.py", "3 usable rows; skipped: 1"),
-        ("one_stage_from_python.py", '"steps_run": 4'),
+        pytest.param("one_stage_from_python.py", '"steps_run": 4', marks=pytest.mark.slow),  # trains a stage
     ],
 )
 def test_example_runs(script, expect, tmp_path):

@@ -25,8 +25,7 @@ from tqdm import tqdm
 from cascade_rl.config import ConfigError, dump_yaml, from_dict
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl
-from cascade_rl.rewards import RewardRunner
-from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, grade, reward_columns
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, grade, reward_columns, reward_runner
 from cascade_rl.rollout import Rollout, SamplingParams
 
 
@@ -99,9 +98,7 @@ def run_eval(config: EvalConfig, engine=None) -> dict:
         chunk = rows[start : start + config.prompts_per_batch]
         requests = [row_to_request(row, config.image_root, system_prompt=config.system_prompt) for row in chunk]
         rollouts += engine.generate(requests, n=config.n, sampling=sampling)
-    with RewardRunner(
-        [r.name for r in config.rewards], weights=[r.weight for r in config.rewards], timeout_s=config.reward_timeout_s
-    ) as runner:
+    with reward_runner(config.rewards, timeout_s=config.reward_timeout_s) as runner:
         result = runner.score([r.text for r in rollouts], **reward_columns(rollouts))
     samples = [_sample(i, r, result, config.correct) for i, r in enumerate(rollouts)]
     summary = summarise(samples, result, config.correct)

@@ -32,8 +32,7 @@ from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.parts import freeze_parts
-from cascade_rl.rewards import RewardRunner
-from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, score_rollouts
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, reward_runner, score_rollouts
 from cascade_rl.rollout import SamplingParams
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 from cascade_rl.train.groups import Group, compute_old_logps, make_group
@@ -182,11 +181,7 @@ class GSPOTrainer:
             config.lr_schedule, self.optimizer, warmup_ratio=config.warmup_ratio, total_steps=self.total * per_step
         )
         self.owns_engine, self.engine = engine is None, engine or self._make_engine()
-        self.runner = RewardRunner(
-            [r.name for r in config.rewards],
-            weights=[r.weight for r in config.rewards],
-            timeout_s=config.reward_timeout_s,
-        )
+        self.runner = reward_runner(config.rewards, timeout_s=config.reward_timeout_s)
         self.policy_loss = get_policy_loss(config.policy_loss)
         self.advantage = get_advantage_estimator(config.advantage)
         self.advantage_options = advantage_options(

@@ -1,5 +1,6 @@
-"""The run manifest: `runs/NAME/manifest.json` records each stage's inputs, outputs, config hash, library versions
-and wall time, so a rerun can skip completed stages and anyone can trace a checkpoint back to its data."""
+"""The run manifest: `runs/NAME/manifest.json` records each stage's inputs (the paths the cascade gave it), its
+resolved config and that config's hash, its outputs, library versions and wall time, so a rerun can skip completed
+stages, later stages read the recorded outputs, and anyone can trace a checkpoint back to its data."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ LIBRARIES = ("cascade-rl", "torch", "transformers", "accelerate", "trl", "peft",
 
 
 def config_hash(config: dict) -> str:
-    """sha256 of the canonical JSON of a stage's resolved config."""
+    """sha256 (first 16 hex digits) of the canonical JSON of a stage's resolved config: the built config dataclass
+    as plain data, defaults included."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -39,6 +41,10 @@ class Manifest:
     def stage(self, name: str) -> dict | None:
         return self.data["stages"].get(name)
 
+    def finished_outputs(self) -> dict[str, dict]:
+        """stage → its recorded outputs, for every stage that finished."""
+        return {name: e["outputs"] for name, e in self.data["stages"].items() if e.get("status") == "done"}
+
     def is_done(self, name: str, digest: str) -> bool:
         entry = self.stage(name)
         if entry is None or entry.get("status") != "done":
@@ -50,11 +56,12 @@ class Manifest:
             )
         return True
 
-    def start(self, name: str, *, directory: Path, inputs: dict, digest: str) -> None:
+    def start(self, name: str, *, directory: Path, inputs: dict, config: dict, digest: str) -> None:
         self.data["stages"][name] = {
             "dir": str(directory),
             "status": "running",
             "inputs": inputs,
+            "config": config,
             "config_hash": digest,
             "versions": library_versions(),
         }

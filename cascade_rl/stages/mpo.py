@@ -26,8 +26,9 @@ from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.logprobs import CHUNK_SIZE
 from cascade_rl.models.pairs import pair_token_logps
 from cascade_rl.models.parts import merge_lora
+from cascade_rl.train.fingerprint import checkpoint_fingerprint, file_sha256
 from cascade_rl.train.metrics import MetricsLog
-from cascade_rl.train.pair_data import PairSource, checkpoint_fingerprint, file_sha256, load_pairs
+from cascade_rl.train.pair_data import PairSource, load_pairs
 from cascade_rl.train.reference import cached_reference_logps
 from cascade_rl.train.setup import (
     SCHEDULES,

@@ -18,8 +18,7 @@ from cascade_rl.config import dump_yaml
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.data_tools.store import RolloutStore
-from cascade_rl.rewards import RewardRunner
-from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, score_rollouts
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, reward_runner, score_rollouts
 from cascade_rl.rollout import SamplingParams
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 
@@ -101,9 +100,7 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     owned, engine = engine is None, engine or make_engine(config)
     sampling = SamplingParams(**{k: getattr(config.sampling, k) for k in SamplingParams.__dataclass_fields__})
     started, stats = time.time(), {"prompts": len(todo), "rollouts": 0, "tokens": 0}
-    with RewardRunner(
-        [r.name for r in config.rewards], weights=[r.weight for r in config.rewards], timeout_s=config.reward_timeout_s
-    ) as runner:
+    with reward_runner(config.rewards, timeout_s=config.reward_timeout_s) as runner:
         for start in tqdm(range(0, len(todo), config.prompts_per_batch), desc="rollout", unit="batch"):
             chunk = todo[start : start + config.prompts_per_batch]
             requests = [row_to_request(row, config.image_root, system_prompt=config.system_prompt) for row in chunk]

@@ -8,7 +8,6 @@ them: resident memory no longer grows with the dataset (InternVL: up to 13 × 44
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,20 +128,3 @@ def load_pairs(
             rows.append(pair)
     summary.kept = len(rows)
     return PairSource(rows, processor, image_root=image_root, max_tiles=max_tiles), summary
-
-
-def file_sha256(paths: list[Path]) -> str:
-    """sha256 over the names and bytes of `paths` (sorted), read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checkpoint_fingerprint(path: str | Path) -> str:
-    """Identity of a checkpoint directory: the hash of its config and safetensors weights."""
-    path = Path(path)
-    return file_sha256([path / "config.json", *path.glob("*.safetensors")])

@@ -75,6 +75,11 @@ def mixed_reward(completions, **columns):
 
 def pid_reward(completions, **columns):
     return [float(os.getpid())] * len(completions)
+
+
+def scaled_pid(completions, scale=1.0, **columns):
+    """The scoring process's id times ``scale``: shows where it ran and that ``scale`` got there."""
+    return [scale * os.getpid()] * len(completions)
 '''
 
 PLUGIN_METADATA = "Metadata-Version: 2.1\nName: cascade-rl-test-plugin\nVersion: 1.0\n"

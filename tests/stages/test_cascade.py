@@ -1,14 +1,167 @@
-"""A small cascade end to end through the CLI: it completes, the manifest is complete, a rerun skips every stage,
-and reward after RL beats reward after SFT on a fixed seed."""
+"""The cascade. Fast: what a recipe may set (the keys the cascade sets are refused, a stage's own seed wins), how
+each stage's inputs come from the outputs before it (planned, or recorded in the manifest), what the manifest
+hashes, skipping and refusing on rerun (stages faked: no model runs). Slow: a small cascade end to end through the
+CLI: it completes, the manifest is complete, a rerun skips every stage, and reward after RL beats reward after SFT
+on a fixed seed."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from cascade_rl.cli import main
+from cascade_rl.config import ConfigError, load_config
 from cascade_rl.demo import RECIPE, prepare
-from cascade_rl.stages.cascade import STAGE_ORDER
+from cascade_rl.stages import cascade
+from cascade_rl.stages.cascade import (
+    CASCADE_SETS,
+    STAGE_ORDER,
+    CascadeConfig,
+    plan_stages,
+    resolved_config,
+    run_cascade,
+    validate,
+)
+from cascade_rl.stages.manifest import Manifest, config_hash
+from cascade_rl.stages.pairs import PairsStageConfig
+
+DATA = {"train": "train.jsonl", "heldout": "heldout.jsonl", "sft": "sft.jsonl", "image_root": "/images"}
+
+
+def recipe(tmp_path, **sections) -> CascadeConfig:
+    """A cascade over every stage with stage defaults, runs under tmp_path; `sections` as a recipe's YAML."""
+    base = {"name": "t", "runs_dir": str(tmp_path), "model_path": "/base", "seed": 3, "data": DATA}
+    return load_config(CascadeConfig, {**base, **sections})
+
+
+def built(config: CascadeConfig, manifest=None) -> dict:
+    return {plan.name: plan.build() for plan in plan_stages(config, manifest)}
+
+
+@pytest.mark.parametrize(("stage", "key"), [(s, k) for s, keys in CASCADE_SETS.items() for k in keys])
+def test_a_key_the_cascade_sets_is_refused_by_name_with_the_fix(tmp_path, stage, key):
+    with pytest.raises(ConfigError, match=rf"recipe key {stage}\.{key}: the cascade sets it .*`cascade-rl {stage}`"):
+        recipe(tmp_path, **{stage: {key: "mine"}})
+
+
+def test_the_refusal_says_where_the_value_comes_from(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        recipe(tmp_path, mpo={"pairs": "my_pairs.jsonl"})
+    assert str(err.value).endswith(
+        "recipe key mpo.pairs: the cascade sets it from the pairs stage's output; remove it, or run the stage "
+        "alone with `cascade-rl mpo`"
+    )
+    with pytest.raises(ConfigError, match=r"gspo.image_root: the cascade sets it from data.image_root \(set it there"):
+        recipe(tmp_path, gspo={"image_root": "/elsewhere"})
+
+
+def test_the_top_level_seed_fills_every_stage_and_a_stage_seed_wins(tmp_path):
+    stages = built(recipe(tmp_path, mpo={"seed": 7}, rollout={"sampling": {"seed": 5, "n": 2}}))
+    assert stages["mpo"].seed == 7
+    assert (stages["rollout"].sampling.seed, stages["rollout"].sampling.n) == (5, 2)
+    assert stages["sft"].seed == stages["pairs"].seed == stages["gspo"].seed == 3
+    assert {stages["eval"].eval_config(label).seed for label in stages["eval"].checkpoints} == {3}
+    assert built(recipe(tmp_path))["rollout"].sampling.seed == 3
+
+
+def test_within_one_run_each_stage_reads_the_planned_outputs_of_the_ones_before(tmp_path):
+    stages, run = built(recipe(tmp_path)), tmp_path / "t"
+    assert (stages["sft"].model_path, stages["sft"].data, stages["sft"].image_root) == (
+        "/base",
+        "sft.jsonl",
+        "/images",
+    )
+    assert stages["rollout"].model_path == stages["mpo"].model_path == str(run / "00_sft" / "final")
+    assert stages["pairs"].rollouts == str(run / "01_rollout" / "rollouts")
+    assert stages["mpo"].pairs == stages["pairs"].out == str(run / "02_pairs" / "pairs.jsonl")
+    assert stages["filter"].ledger == str(run / "01_rollout" / "ledger.json")
+    assert (stages["gspo"].model_path, stages["gspo"].prompts) == (
+        str(run / "03_mpo" / "final"),
+        stages["filter"].out,
+    )
+    assert stages["gspo"].out_dir == str(run / "05_gspo")
+    assert stages["eval"].checkpoints == {
+        "sft": str(run / "00_sft" / "final"),
+        "mpo": str(run / "03_mpo" / "final"),
+        "gspo": str(run / "05_gspo" / "final"),
+    }
+    assert stages["eval"].eval_config("mpo").prompts == "heldout.jsonl"
+
+
+def test_without_sft_and_filter_base_is_evaluated_and_gspo_reads_data_train(tmp_path):
+    stages = built(recipe(tmp_path, stages=["rollout", "pairs", "mpo", "gspo", "eval"]))
+    assert stages["rollout"].model_path == "/base" and stages["gspo"].prompts == "train.jsonl"
+    assert list(stages["eval"].checkpoints) == ["base", "mpo", "gspo"]
+
+
+def finished(manifest: Manifest, name: str, outputs: dict) -> None:
+    manifest.start(name, directory=Path("/earlier"), inputs={}, config={}, digest="0")
+    manifest.finish(name, outputs=outputs, wall_s=1.0, summary={})
+
+
+def test_outputs_of_stages_finished_earlier_come_from_the_manifest(tmp_path):
+    config = recipe(tmp_path, stages=["mpo", "filter", "gspo", "eval"])
+    manifest = Manifest(tmp_path / "manifest.json", "t")
+    finished(manifest, "sft", {"checkpoint": "/earlier/sft"})
+    finished(manifest, "rollout", {"rollouts": "/earlier/rollouts", "ledger": "/earlier/ledger.json"})
+    finished(manifest, "pairs", {"pairs": "/earlier/pairs.jsonl"})
+    finished(manifest, "mpo", {"checkpoint": "/earlier/mpo"})  # listed and finished: its record, not the plan
+    stages = built(config, manifest)
+    assert (stages["mpo"].model_path, stages["mpo"].pairs) == ("/earlier/sft", "/earlier/pairs.jsonl")
+    assert stages["filter"].ledger == "/earlier/ledger.json"
+    assert stages["gspo"].model_path == "/earlier/mpo"
+    assert list(stages["eval"].checkpoints.values()) == [
+        "/earlier/sft",
+        "/earlier/mpo",
+        str(tmp_path / "t/05_gspo/final"),
+    ]
+
+
+def test_a_stage_whose_inputs_nobody_produced_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="stage mpo reads the pairs stage's pairs: add pairs to stages, or finish"):
+        validate(recipe(tmp_path, stages=["mpo"]))
+
+
+def test_the_digest_hashes_the_built_config_defaults_included(tmp_path):
+    plan = next(p for p in plan_stages(recipe(tmp_path)) if p.name == "pairs")
+    resolved = resolved_config("pairs", plan.build())
+    assert resolved == {**plan.values, "max_pairs_per_prompt": 15}  # the default is recorded and hashed
+    explicit = recipe(tmp_path, pairs={"max_pairs_per_prompt": 15, "seed": 3})
+    assert resolved_config("pairs", built(explicit)["pairs"]) == resolved  # spelled out or not: one config
+
+    @dataclasses.dataclass(frozen=True)
+    class PairsWithAnotherDefault(PairsStageConfig):
+        max_pairs_per_prompt: int = 10
+
+    from_new_default = resolved_config("pairs", PairsWithAnotherDefault(**plan.values))
+    assert config_hash(from_new_default) != config_hash(resolved)
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """The real config classes with run functions that record the built config instead of training."""
+    real, ran = cascade._stage_classes, []
+
+    def classes(name):
+        config_cls, _ = real(name)
+        return config_cls, lambda config: ran.append(name) or {"stage": name}
+
+    monkeypatch.setattr(cascade, "_stage_classes", classes)
+    return ran
+
+
+def test_a_rerun_skips_finished_stages_and_refuses_a_changed_one_before_running(tmp_path, fake_stages):
+    run_cascade(recipe(tmp_path, stages=["rollout", "pairs"]))
+    run_cascade(recipe(tmp_path, stages=["rollout", "pairs", "mpo"]))
+    assert fake_stages == ["rollout", "pairs", "mpo"]
+    entry = Manifest(tmp_path / "t" / "manifest.json", "t").stage("mpo")
+    assert entry["inputs"]["pairs"] == str(tmp_path / "t" / "02_pairs" / "pairs.jsonl")
+    assert entry["config"]["beta"] == 0.1 and entry["config_hash"] == config_hash(entry["config"])
+    with pytest.raises(ValueError, match="stage 'pairs' already ran with another config"):
+        run_cascade(recipe(tmp_path, stages=["rollout", "pairs", "mpo", "filter"], pairs={"max_pairs_per_prompt": 2}))
+    assert fake_stages == ["rollout", "pairs", "mpo"]  # nothing ran, the filter neither
+
 
 SMALLER: list[str] = []  # the demo recipe as it is: on seed 0 it takes about a minute and a half on 2 idle cores
 
@@ -23,7 +176,7 @@ def test_cascade_runs_records_its_lineage_skips_on_rerun_and_rl_helps(tmp_path, 
     assert list(manifest["stages"]) == list(STAGE_ORDER)
     for name, entry in manifest["stages"].items():
         assert entry["status"] == "done" and entry["wall_s"] >= 0 and entry["versions"]["torch"], name
-        assert entry["inputs"] and len(entry["config_hash"]) == 16, name
+        assert entry["inputs"] and entry["config"] and len(entry["config_hash"]) == 16, name
         assert all(Path(p).exists() for p in entry["outputs"].values()), name
     summary = json.loads((run / "06_eval" / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"sft", "mpo", "gspo"}

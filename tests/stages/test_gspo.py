@@ -49,6 +49,7 @@ def test_one_step_updates_the_policy_and_logs_the_metrics(tiny_checkpoint, tmp_p
     assert changed and not any("vision_tower" in n for n in changed)  # vision frozen, the rest trains
 
 
+@pytest.mark.slow  # a learning check: 10 GSPO steps
 def test_mean_reward_rises_on_an_easy_task(tiny_checkpoint, tmp_path):
     # Reward: the share of vowels in the completion (about 0.25 for the untrained tiny policy, dense, and
     # reachable by shifting token probabilities). 10 steps of 4 prompts × 8 rollouts on a fixed seed.
