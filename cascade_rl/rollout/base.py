@@ -42,6 +42,9 @@ class Rollout:
 
     token_ids: [T] completion token ids, `logprobs`: [T] per-token log-probs under the sampling policy
     (after temperature), finish_reason: "stop" (end-of-turn token) or "length" (hit max_new_tokens).
+    prompt_inputs: the prompt's model inputs (`models.PromptInputs`: ids, tiled pixels) when the engine encoded
+    the prompt in this process (HFEngine; the prompt's n rollouts share one), else None: vLLM tiles inside vLLM,
+    a server on its own machine. Not compared, not sent over the wire.
     """
 
     prompt_id: str
@@ -51,6 +54,7 @@ class Rollout:
     logprobs: list[float]
     finish_reason: str
     meta: dict[str, Any] = field(default_factory=dict)
+    prompt_inputs: Any = field(default=None, compare=False, repr=False)
 
 
 class RolloutEngine(Protocol):
