@@ -168,7 +168,11 @@ def run_ours(args, root: Path) -> dict:
         "old_logps": {g.prompt_id: [row[m].tolist() for row, m in zip(g.old_logps, g.mask)] for g in first},
         "advantages": {g.prompt_id: g.advantages.tolist() for g in first},
         "shapes": [
-            {"prompt": len(g.prompt_ids), "tiles": len(g.pixel_values), "completions": [len(c) for c in g.completions]}
+            {
+                "prompt": len(g.prompt.input_ids),
+                "tiles": len(g.prompt.pixel_values),
+                "completions": [len(c) for c in g.completions],
+            }
             for g in first
         ],
         "config": trainer.model.config.to_json_string(),

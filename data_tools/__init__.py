@@ -5,7 +5,7 @@ from cascade_rl.data_tools.dropout_ntp import DropoutSummary, dropout_ntp_pairs,
 from cascade_rl.data_tools.filter import SelectSummary, filter_by_pass_rate, select_prompt_rows
 from cascade_rl.data_tools.ledger import PassRateLedger, PromptStats
 from cascade_rl.data_tools.mmpr import MMPRDataset, MMPRSummary, load_mmpr, read_mmpr_meta, write_mmpr
-from cascade_rl.data_tools.pairs import PairSummary, build_pairs, write_pairs
+from cascade_rl.data_tools.pairs import PairBuildSummary, build_pairs, write_pairs
 from cascade_rl.data_tools.records import RolloutRecord
 from cascade_rl.data_tools.store import RolloutStore
 
@@ -13,7 +13,7 @@ __all__ = [
     "DropoutSummary",
     "MMPRDataset",
     "MMPRSummary",
-    "PairSummary",
+    "PairBuildSummary",
     "PassRateLedger",
     "PromptStats",
     "RolloutRecord",

@@ -38,7 +38,7 @@ Key = tuple[tuple[str, ...], str, str]  # (images, question, json(answer))
 
 
 @dataclass
-class PairSummary:
+class PairBuildSummary:
     """Counts from one build_pairs call (records, keys, pairs, and every reason a candidate was dropped)."""
 
     n_records: int = 0
@@ -96,7 +96,7 @@ def pair_row(chosen: RolloutRecord, rejected: RolloutRecord) -> dict[str, Any]:
     return row
 
 
-def _candidates(pos: list[RolloutRecord], neg: list[RolloutRecord], summary: PairSummary) -> list[tuple]:
+def _candidates(pos: list[RolloutRecord], neg: list[RolloutRecord], summary: PairBuildSummary) -> list[tuple]:
     seen: set[tuple[str, str]] = set()
     out = []
     for p in pos:
@@ -120,11 +120,11 @@ def _key_rng(seed: int, key: Key) -> random.Random:
 
 def build_pairs(
     records: Iterable[RolloutRecord], *, max_pairs_per_prompt: int = 15, seed: int = 0
-) -> tuple[list[dict[str, Any]], PairSummary]:
+) -> tuple[list[dict[str, Any]], PairBuildSummary]:
     """Preference pairs in MMPR row form, and a summary of what was kept and dropped (module docstring: rules)."""
     if max_pairs_per_prompt < 1:
         raise ValueError(f"max_pairs_per_prompt must be >= 1, got {max_pairs_per_prompt}")
-    summary = PairSummary()
+    summary = PairBuildSummary()
     groups: dict[Key, list[RolloutRecord]] = {}
     for record in records:
         summary.n_records += 1

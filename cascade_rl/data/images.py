@@ -1,14 +1,23 @@
-"""Image paths and loading: resolve against an image root, check cheaply at read time, load as RGB."""
+"""Image paths and loading: resolve against an image root, read sizes from headers, load as RGB.
+
+`image_sizes` reads only the file headers (PIL opens lazily), so it is cheap enough to run on every row up front:
+the prompt reader checks images with it, and the MPO pair source sizes them with it (sizes fix the tile counts).
+`load_images` decodes the pixels. Both name the row, the image and the fix when a file is missing or unreadable.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cascade_rl.data.errors import DataError
 from cascade_rl.data.rows import PromptRow
+
+T = TypeVar("T")
 
 
 def resolve_image(path: str, image_root: str | os.PathLike | None) -> Path:
@@ -19,44 +28,39 @@ def resolve_image(path: str, image_root: str | os.PathLike | None) -> Path:
     return Path(image_root) / p
 
 
-def image_problem(path: str, image_root: str | os.PathLike | None) -> tuple[str, str] | None:
-    """None if the image exists and its header is a known image format, else (reason, message).
+def image_sizes(row: PromptRow, image_root: str | os.PathLike | None) -> list[tuple[int, int]]:
+    """(width, height) of each of the row's images, in the row's order, from the file headers only.
 
-    Reads the header only (PIL opens lazily), so it is cheap enough to run on every row at read time;
-    a file truncated after its header still fails later, in `load_images`.
+    A file truncated after its header still fails later, in `load_images`.
     """
-    full = resolve_image(path, image_root)
-    if not full.is_file():
-        return "missing_image", f"image '{path}' not found under image_root={image_root}"
-    try:
-        with Image.open(full) as img:
-            img.size  # noqa: B018 - touching size makes PIL parse the header
-    except (UnidentifiedImageError, OSError) as e:
-        return "unreadable_image", f"image '{path}' under image_root={image_root} is not a readable image ({e})"
-    return None
+    return _open_each(row, image_root, lambda img: img.size)
 
 
 def load_images(row: PromptRow, image_root: str | os.PathLike | None) -> list[Image.Image]:
-    """Load a row's images as fully decoded PIL RGB images, in the row's order.
+    """Load a row's images as fully decoded PIL RGB images, in the row's order."""
+    return _open_each(row, image_root, lambda img: img.convert("RGB"))
 
-    A missing or undecodable file raises DataError naming the row's source and the fix.
-    """
-    images = []
+
+def _open_each(row: PromptRow, image_root: str | os.PathLike | None, read: Callable[[Image.Image], T]) -> list[T]:
+    """`read(image)` for each of the row's images; a missing or unreadable file raises `_image_error`'s DataError."""
+    out = []
     for path in row.images:
-        full = resolve_image(path, image_root)
         try:
-            with Image.open(full) as img:
-                images.append(img.convert("RGB"))
-        except FileNotFoundError as e:
-            raise DataError(
-                f"{row.source or row.id}: image '{path}' not found under image_root={image_root}; "
-                "fix the path or the image root",
-                reason="missing_image",
-            ) from e
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(
-                f"{row.source or row.id}: image '{path}' under image_root={image_root} cannot be decoded ({e}); "
-                "replace the file or drop the row",
-                reason="unreadable_image",
-            ) from e
-    return images
+            with Image.open(resolve_image(path, image_root)) as img:
+                out.append(read(img))
+        except OSError as e:  # FileNotFoundError, PIL's UnidentifiedImageError and decode errors are all OSErrors
+            raise _image_error(row, path, image_root, e) from e
+    return out
+
+
+def _image_error(row: PromptRow, path: str, image_root, error: OSError) -> DataError:
+    """A DataError naming the row's source, the image, the root and the fix."""
+    where = f"{row.source or row.id}: image '{path}'"
+    if isinstance(error, FileNotFoundError):
+        return DataError(
+            f"{where} not found under image_root={image_root}; fix the path or the image root", reason="missing_image"
+        )
+    return DataError(
+        f"{where} under image_root={image_root} cannot be decoded ({error}); replace the file or drop the row",
+        reason="unreadable_image",
+    )

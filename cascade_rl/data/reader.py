@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cascade_rl.data.errors import DataError
-from cascade_rl.data.images import image_problem
+from cascade_rl.data.images import image_sizes
 from cascade_rl.data.io import iter_jsonl_lines, parse_json_line
 from cascade_rl.data.rows import IMAGE_PLACEHOLDER, PromptRow, prompt_id_for
 
@@ -243,9 +243,5 @@ def _checked_row(
             reason="duplicate_id",
         )
     if check_images:
-        for image in row.images:
-            problem = image_problem(image, image_root)
-            if problem is not None:
-                reason, what = problem
-                raise DataError(f"{source}: {what}; fix the path", reason=reason)
+        image_sizes(row, image_root)  # reads the headers: a missing or unreadable image raises, naming `source`
     return row

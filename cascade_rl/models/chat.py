@@ -37,16 +37,30 @@ def process_images(processor, images: list[Image.Image], *, max_tiles: int) -> t
     """Dynamic tiling (SPEC §6): pixel_values [N_tiles, 3, H, W] and the tile count of each image."""
     if not images:
         return None, []
-    if not hasattr(processor, "image_processor"):
-        raise ValueError("this policy is text-only (its processor has no image processor) but images were given")
-    out = processor.image_processor(
-        images=[im.convert("RGB") for im in images],
-        crop_to_patches=True,
-        max_patches=max_tiles,
-        return_tensors="pt",
+    out = _image_processor(processor)(
+        images=[im.convert("RGB") for im in images], **_tiling(max_tiles), return_tensors="pt"
     )
     num_tiles = [int(n) for n in out["num_patches"]]
     return out["pixel_values"], num_tiles
+
+
+def tile_counts(processor, sizes: list[tuple[int, int]], *, max_tiles: int) -> list[int]:
+    """Tiles per image from (width, height) sizes alone: the counts `process_images` gives, without any pixels."""
+    if not sizes:
+        return []
+    count = _image_processor(processor).get_number_of_image_patches
+    return [int(count(height, width, _tiling(max_tiles))) for width, height in sizes]
+
+
+def _tiling(max_tiles: int) -> dict:
+    """InternVL's dynamic tiling settings: crop into at most `max_tiles` tiles (plus a thumbnail when cropped)."""
+    return {"crop_to_patches": True, "max_patches": max_tiles}
+
+
+def _image_processor(processor):
+    if not hasattr(processor, "image_processor"):
+        raise ValueError("this policy is text-only (its processor has no image processor) but images were given")
+    return processor.image_processor
 
 
 def expand_image_placeholders(text: str, processor, num_tiles: list[int], start: int = 0) -> tuple[str, int]:
@@ -113,11 +127,21 @@ def encode_prompt(
 ) -> EncodedChat:
     """Tokenise the prompt of a conversation, ending in `<|im_start|>assistant\\n`, ready for generation."""
     pixel_values, num_tiles = process_images(processor, list(images), max_tiles=max_tiles)
+    ids = _prompt_ids(processor, messages, num_tiles)
+    return EncodedChat(torch.tensor(ids), torch.zeros(len(ids), dtype=torch.bool), pixel_values, num_tiles)
+
+
+def prompt_num_tokens(processor, messages: list[dict], sizes: list[tuple[int, int]], *, max_tiles: int) -> int:
+    """len(encode_prompt(...).input_ids) from the images' (width, height) sizes alone: nothing loaded or tiled."""
+    return len(_prompt_ids(processor, messages, tile_counts(processor, sizes, max_tiles=max_tiles)))
+
+
+def _prompt_ids(processor, messages: list[dict], num_tiles: list[int]) -> list[int]:
+    """Token ids of the rendered prompt with image blocks of `num_tiles` tiles (one count per image)."""
     text = render(processor, messages, add_generation_prompt=True)
     text, used = expand_image_placeholders(text, processor, num_tiles)
     _check_all_images_used(used, num_tiles)
-    ids = tokenizer_of(processor)(text, add_special_tokens=False)["input_ids"]
-    return EncodedChat(torch.tensor(ids), torch.zeros(len(ids), dtype=torch.bool), pixel_values, num_tiles)
+    return tokenizer_of(processor)(text, add_special_tokens=False)["input_ids"]
 
 
 def _check_all_images_used(used: int, num_tiles: list[int]) -> None:

@@ -1,4 +1,9 @@
-"""Preference pairs as the model sees them: one prompt (with images) and two completions sharing it."""
+"""Preference pairs as the model sees them: one prompt (with images) and two completions sharing it.
+
+The MPO pair source (train/pair_data.py) calls `pair_num_tokens` when it measures a pair and `encode_pair` when it
+encodes one; the stage scores an encoded pair with `pair_token_logps`. Tiling and the chat template stay in
+models/chat.py, packed scoring in models/logprobs.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cascade_rl.models.chat import encode_prompt, expand_image_placeholders, render, tokenizer_of
+from cascade_rl.models.chat import encode_prompt, prompt_num_tokens, tokenizer_of
 from cascade_rl.models.logprobs import CHUNK_SIZE, packed_logps
 
 
@@ -26,12 +31,6 @@ class EncodedPair:
         return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
 
 
-def completion_ids(processor, text: str) -> list[int]:
-    """A completion's token ids: `text + <|im_end|>`, the tokens a rollout of that response would be."""
-    tokenizer = tokenizer_of(processor)
-    return tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-
-
 def encode_pair(processor, messages, images, chosen: str, rejected: str, *, max_tiles: int) -> EncodedPair:
     """Tokenise a pair (and tile its images). Completions are `response + <|im_end|>` (see `completion_ids`).
 
@@ -42,29 +41,19 @@ def encode_pair(processor, messages, images, chosen: str, rejected: str, *, max_
     return EncodedPair(prompt.input_ids, prompt.pixel_values, chosen_ids, rejected_ids)
 
 
-def image_tiles(processor, sizes: list[tuple[int, int]], *, max_tiles: int) -> list[int]:
-    """Tiles per image, from (width, height) sizes alone: what `encode_pair`'s dynamic tiling will produce."""
-    if not sizes:
-        return []
-    if not hasattr(processor, "image_processor"):
-        raise ValueError("this policy is text-only (its processor has no image processor) but images were given")
-    settings = {"crop_to_patches": True, "max_patches": max_tiles}  # as chat.process_images calls the processor
-    count = processor.image_processor.get_number_of_image_patches
-    return [int(count(height, width, settings)) for width, height in sizes]
+def pair_num_tokens(
+    processor, messages, sizes: list[tuple[int, int]], chosen: str, rejected: str, *, max_tiles: int
+) -> int:
+    """`EncodedPair.num_tokens` of the pair `encode_pair` would build, from its images' (width, height) sizes
+    alone: no image is loaded or tiled."""
+    prompt = prompt_num_tokens(processor, messages, sizes, max_tiles=max_tiles)
+    return prompt + max(len(completion_ids(processor, chosen)), len(completion_ids(processor, rejected)))
 
 
-def pair_num_tokens(processor, messages, num_tiles: list[int], chosen: str, rejected: str) -> int:
-    """`EncodedPair.num_tokens` of the pair `encode_pair` would build, without loading or tiling any image.
-
-    num_tiles: tiles per image (`image_tiles`), in order of appearance.
-    """
-    text, used = expand_image_placeholders(
-        render(processor, messages, add_generation_prompt=True), processor, num_tiles
-    )
-    if used != len(num_tiles):
-        raise ValueError(f"{len(num_tiles)} images were given but the conversation has {used} image parts")
-    prompt = tokenizer_of(processor)(text, add_special_tokens=False)["input_ids"]
-    return len(prompt) + max(len(completion_ids(processor, chosen)), len(completion_ids(processor, rejected)))
+def completion_ids(processor, text: str) -> list[int]:
+    """A completion's token ids: `text + <|im_end|>`, the tokens a rollout of that response would be."""
+    tokenizer = tokenizer_of(processor)
+    return tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
 
 
 def pair_token_logps(

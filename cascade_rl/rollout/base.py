@@ -6,9 +6,12 @@ Engines know nothing about rewards, optimizers or stores; stages glue them toget
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
+
+if TYPE_CHECKING:
+    from cascade_rl.models.inputs import PromptInputs
 
 
 class EngineUnavailable(RuntimeError):
@@ -47,6 +50,9 @@ class Rollout:
 
     token_ids: [T] completion token ids, `logprobs`: [T] per-token log-probs under the sampling policy
     (after temperature), finish_reason: "stop" (end-of-turn token) or "length" (hit max_new_tokens).
+    prompt_inputs: the prompt's model inputs (ids, tiled pixels) when the engine encoded the prompt in this process
+    (HFEngine; the prompt's n rollouts share one), else None: vLLM tiles inside vLLM, a server on its own machine.
+    Not compared, not sent over the wire.
     """
 
     prompt_id: str
@@ -56,6 +62,7 @@ class Rollout:
     logprobs: list[float]
     finish_reason: str
     meta: dict[str, Any] = field(default_factory=dict)
+    prompt_inputs: PromptInputs | None = field(default=None, compare=False, repr=False)
 
 
 class RolloutEngine(Protocol):

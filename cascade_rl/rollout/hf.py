@@ -2,7 +2,9 @@
 
 Per-token log-probs are log_softmax(logits / temperature) of the policy at each sampled token: the quantity the
 trainer recomputes by teacher forcing (top-k / top-p change which tokens can be drawn, not this value). Image
-tokens are never sampled.
+tokens are never sampled. Each prompt is encoded (tokenised, images tiled) once per call, and its model inputs go
+out with its rollouts (`Rollout.prompt_inputs`), so a trainer in the same process scores them without encoding the
+prompt again.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import hashlib
 
 import torch
 
-from cascade_rl.models import encode_prompt, tokenizer_of
+from cascade_rl.models import collate_prompts, encode_request, tokenizer_of
 from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.sampler import decode
 
@@ -36,9 +38,10 @@ class HFEngine:
 
         Samples of several prompts share batches of `batch_size` sequences. With `sampling.seed` set, sample k of a
         prompt depends only on (seed, prompt_id, k): the same prompt gives the same rollouts whatever else is in
-        the call, so an interrupted run that resumes reproduces the uninterrupted one.
+        the call, so an interrupted run that resumes reproduces the uninterrupted one. The n rollouts of a request
+        share its encoded prompt (`prompt_inputs`: `models.PromptInputs`).
         """
-        prompts = [encode_prompt(self.processor, r.messages, r.images, max_tiles=self.max_tiles) for r in requests]
+        prompts = [encode_request(self.processor, r, max_tiles=self.max_tiles) for r in requests]
         jobs = [(i, k) for i in range(len(requests)) for k in range(n)]
         tokenizer = tokenizer_of(self.processor)
         rollouts = []
@@ -48,7 +51,8 @@ class HFEngine:
             outputs = self._generate_batch([prompts[i] for i, _ in batch], sampling, generators)
             for (i, k), (ids, logps, reason) in zip(batch, outputs):
                 text = tokenizer.decode(ids[:-1] if reason == "stop" else ids)
-                rollouts.append(Rollout(requests[i].prompt_id, k, text, ids, logps, reason, dict(requests[i].meta)))
+                meta = dict(requests[i].meta)
+                rollouts.append(Rollout(requests[i].prompt_id, k, text, ids, logps, reason, meta, prompts[i]))
         return rollouts
 
     def _generator(self, sampling: SamplingParams, prompt_id: str, k: int) -> torch.Generator | None:
@@ -63,15 +67,13 @@ class HFEngine:
 
     def _generate_batch(self, prompts, sampling: SamplingParams, generators):
         """Decode one batch; returns [(completion ids [T], log-probs [T], finish reason)]."""
-        input_ids, attention_mask = left_pad([p.input_ids for p in prompts], self.pad_id)
-        pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
         device = next(self.model.parameters()).device
-        pixel_values = torch.cat(pixels).to(device, self.model.dtype) if pixels else None
+        inputs = collate_prompts(prompts, self.pad_id, device=device, dtype=self.model.dtype)
         tokens, logps = decode(
             self.model,
-            input_ids.to(device),
-            attention_mask.to(device),
-            pixel_values,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs.get("pixel_values"),
             sampling,
             generators,
             eos_id=self.eos_id,
@@ -100,14 +102,3 @@ def request_seed(seed: int, prompt_id: str, sample_index: int) -> int:
     """A 63-bit seed from (run seed, prompt id, sample index), stable across processes and runs."""
     digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack 1-D id tensors into [B, T_max] with left padding, and the matching attention mask."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = seq
-        mask[row, width - len(seq) :] = 1
-    return ids, mask

@@ -2,6 +2,8 @@
 
 - Prompts are rendered with the checkpoint's own chat template; an image part becomes `<IMG_CONTEXT>`, which vLLM's
   InternVL processor expands exactly as `models.encode_prompt` does (a test checks the token ids are equal).
+  vLLM tiles the images inside vLLM, so these rollouts bring no `prompt_inputs`: a trainer encodes the prompt
+  for scoring itself (train/groups.py::make_group), once per prompt.
 - n samples per prompt come from one request with `n=`. With `sampling.seed` set, the request is seeded by
   (seed, prompt id) and vLLM gives sample k the seed + k: a prompt's samples do not depend on what else is in the call,
   and differ from every other prompt's.

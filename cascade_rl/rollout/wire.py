@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import torch
 from PIL import Image
@@ -48,7 +48,8 @@ def sampling_from_json(data: dict) -> SamplingParams:
 
 
 def rollout_to_json(rollout: Rollout) -> dict:
-    return asdict(rollout)
+    """The rollout's fields but `prompt_inputs` (tensors for a trainer in the engine's process, never sent)."""
+    return {f.name: getattr(rollout, f.name) for f in fields(rollout) if f.name != "prompt_inputs"}
 
 
 def rollout_from_json(data: dict) -> Rollout:

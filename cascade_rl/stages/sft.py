@@ -26,7 +26,7 @@ from cascade_rl.algos import summed_next_token_nll
 from cascade_rl.config import dump_yaml
 from cascade_rl.data import DataError, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
-from cascade_rl.models import EncodedChat, encode_chat, save_policy, tokenizer_of
+from cascade_rl.models import EncodedChat, collate_chats, encode_chat, save_policy, tokenizer_of
 from cascade_rl.models.parts import merge_lora
 from cascade_rl.train.lengths import admit
 from cascade_rl.train.metrics import MetricsLog
@@ -121,26 +121,6 @@ def load_sft_examples(config: SFTConfig, processor) -> tuple[list[EncodedChat], 
     return examples, summary
 
 
-def collate(chats: list[EncodedChat], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: input_ids, attention_mask, loss_mask [B, T]; pixel_values [ΣN_tiles, 3, H, W] in
-    example order (the model fills image tokens in that order)."""
-    width = max(len(c.input_ids) for c in chats)
-    batch = {
-        "input_ids": torch.full((len(chats), width), pad_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(chats), width), dtype=torch.long),
-        "loss_mask": torch.zeros((len(chats), width), dtype=torch.bool),
-    }
-    for row, chat in enumerate(chats):
-        n = len(chat.input_ids)
-        batch["input_ids"][row, :n] = chat.input_ids
-        batch["attention_mask"][row, :n] = 1
-        batch["loss_mask"][row, :n] = chat.loss_mask
-    pixels = [c.pixel_values for c in chats if c.pixel_values is not None]
-    if pixels:
-        batch["pixel_values"] = torch.cat(pixels)
-    return batch
-
-
 def summed_token_loss(model, batch: dict[str, torch.Tensor], dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the model on a collated batch; (`summed_next_token_nll` [] with grad, correctly argmax-predicted
     trained tokens [])."""
@@ -228,7 +208,7 @@ def _train_step(
     started, nll_sum, hits_sum, tokens = time.time(), torch.zeros(()), torch.zeros(()), 0
     for idx in micro_batches:
         chats = [examples[i] for i in idx]
-        batch = {k: v.to(accelerator.device) for k, v in collate(chats, pad_id).items()}
+        batch = collate_chats(chats, pad_id, device=accelerator.device, dtype=dtype)
         with accelerator.accumulate(model):  # syncs (DDP) or steps (DeepSpeed) on the last micro-step
             nll, hits = summed_token_loss(model, batch, dtype)
             # backward divides by grad_accum; DDP averages over ranks: undo both, leaving Σ nll / n_global

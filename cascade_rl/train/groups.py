@@ -1,7 +1,9 @@
 """Online RL batches: G rollouts per prompt, scored, with group advantages and trainer-side old log-probs.
 
-A `Group` holds everything the update needs for one prompt, so every mini-batch epoch reuses the prompt encoding,
-the cached vision features (frozen vision) and the old log-probs computed once per rollout batch.
+A `Group` holds everything the update needs for one prompt, so every mini-batch epoch reuses the prompt's model
+inputs (models/inputs.py: ids, pixels, the frozen vision tower's output) and the old log-probs computed once per
+rollout batch. The prompt is encoded once per step: by HFEngine, whose rollouts bring it along, or here when the
+engine encoded it elsewhere (vLLM tiles inside vLLM; a rollout server on its own machine).
 """
 
 from __future__ import annotations
@@ -10,21 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
-from cascade_rl.models import encode_prompt
-from cascade_rl.models.logprobs import shared_prompt_logps
-from cascade_rl.models.vision_cache import vision_features
+from cascade_rl.models import PromptInputs, completion_logps, encode_request, with_vision_cache
 from cascade_rl.rollout import Rollout
 
 
 @dataclass
 class Group:
-    """One prompt and its G rollouts. completions: G tensors [T_g]; engine_logps: G tensors [T_g];
-    rewards, advantages: [G]; old_logps, mask: [G, T_max] (filled by `compute_old_logps`)."""
+    """One prompt and its G rollouts. prompt: its model inputs; completions: G tensors [T_g]; engine_logps: G
+    tensors [T_g]; rewards, advantages: [G]; old_logps, mask: [G, T_max] (filled by `compute_old_logps`)."""
 
     prompt_id: str
-    prompt_ids: torch.Tensor
-    pixel_values: torch.Tensor | None
-    vision_cache: torch.Tensor | None
+    prompt: PromptInputs
     completions: list[torch.Tensor]
     engine_logps: list[torch.Tensor]
     truncated: torch.Tensor
@@ -43,30 +41,22 @@ class Group:
 
     def logps(self, model, *, temperature: float, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """[G, T_max] token log-probs of the completions under `model` (prompt and vision encoded once)."""
-        return shared_prompt_logps(
-            model,
-            self.prompt_ids,
-            self.completions,
-            pixel_values=None if self.vision_cache is not None else self.pixel_values,
-            vision_cache=self.vision_cache,
-            temperature=temperature,
-            pad_id=pad_id,
-        )
+        return completion_logps(model, self.prompt, self.completions, temperature=temperature, pad_id=pad_id)
 
 
 def make_group(
     model, processor, request, rollouts: list[Rollout], rewards: list[float], *, max_tiles: int, frozen_vision: bool
 ) -> Group:
-    """Encode a request's prompt once; with a frozen vision tower, run it once and keep its output."""
-    prompt = encode_prompt(processor, request.messages, request.images, max_tiles=max_tiles)
-    cache = None
-    if frozen_vision and prompt.pixel_values is not None:
-        cache = vision_features(model, prompt.pixel_values)
+    """One request's group: its prompt's model inputs as the engine's rollouts bring them (HFEngine), or encoded
+    here when they come without (vLLM, a server); with a frozen vision tower, the tower runs once and is kept."""
+    prompt = rollouts[0].prompt_inputs
+    if prompt is None:
+        prompt = encode_request(processor, request, max_tiles=max_tiles)
+    if frozen_vision:
+        prompt = with_vision_cache(model, prompt)
     return Group(
         prompt_id=request.prompt_id,
-        prompt_ids=prompt.input_ids,
-        pixel_values=prompt.pixel_values,
-        vision_cache=cache,
+        prompt=prompt,
         completions=[torch.tensor(_nonempty(r).token_ids) for r in rollouts],
         engine_logps=[torch.tensor(r.logprobs) for r in rollouts],
         truncated=torch.tensor([r.finish_reason == "length" for r in rollouts]),

@@ -1,32 +1,70 @@
-"""The MPO stage's data: an MMPR pairs file read, checked and measured up front, encoded pair by pair when used.
+"""The MPO stage's pair source: a pairs file read, checked and measured up front, then encoded pair by pair.
 
-The up-front pass keeps no pixels: it validates each row, reads only its images' headers (their sizes fix the tile
-counts) and counts tokens, so the over-long rule (drop or raise, never truncate inside an image) is decided before
-training. `PairSource.encode` loads and tiles one pair's images when a micro-batch (or the reference pass) needs
-them: resident memory no longer grows with the dataset (InternVL: up to 13 × 448² × 3 floats, ~31 MB, per pair).
+Read top to bottom: `load_pairs` reads the file and keeps each admitted pair as a `PairRow` (`measure_pair` checks a
+record and counts its tokens; the over-long rule, drop or raise and never truncate inside an image, is decided here,
+before training); `PairSource.encode` turns one kept pair into model tensors when a micro-batch (or the reference
+pass) needs it. The model-family work is two calls into models/pairs.py: `pair_num_tokens` (from image sizes read
+off the file headers, no pixels) and `encode_pair` (images loaded and tiled). Resident memory no longer grows with
+the dataset (InternVL: up to 13 × 448² × 3 floats, ~31 MB, per pair). Scoring an encoded pair is
+`models.pairs.pair_token_logps`, called by the stage.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from cascade_rl.data import DataError, PromptRow, load_images, resolve_image, row_from_record
+from cascade_rl.data import DataError, PromptRow, image_sizes, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
-from cascade_rl.models.pairs import EncodedPair, encode_pair, image_tiles, pair_num_tokens
+from cascade_rl.models.pairs import EncodedPair, encode_pair, pair_num_tokens
 from cascade_rl.train.lengths import admit
 
 
 @dataclass
-class PairSummary:
+class PairFileSummary:
+    """Counts from loading one pairs file: rows read, pairs kept, over-long pairs dropped (and their lines)."""
+
     rows: int = 0
     kept: int = 0
     dropped_overlong: int = 0
     dropped_lines: list[str] = field(default_factory=list)
+
+
+def load_pairs(
+    path: str | Path, processor, *, image_root: str | None, max_tiles: int, max_length: int, on_overlong: str
+) -> tuple[PairSource, PairFileSummary]:
+    """Read, check and measure every pair (no pixels kept). A pair longer than max_length is dropped and counted
+    (`on_overlong="drop"`) or refused with its line (`"raise"`); it is never truncated, so image tokens always
+    match image features."""
+    rows, summary = [], PairFileSummary()
+    for source, record in tqdm(list(iter_raw_records(path)), desc="measure pairs", unit="pair"):
+        if isinstance(record, DataError):
+            raise record
+        summary.rows += 1
+        pair = measure_pair(record, source, processor, image_root=image_root, max_tiles=max_tiles)
+        if admit(summary, source, pair.num_tokens, max_length=max_length, on_overlong=on_overlong, what="pair"):
+            rows.append(pair)
+    summary.kept = len(rows)
+    return PairSource(rows, processor, image_root=image_root, max_tiles=max_tiles), summary
+
+
+def measure_pair(record, source: str, processor, *, image_root: str | None, max_tiles: int) -> PairRow:
+    """Validate one raw record and count its tokens; images are sized from their headers, never tiled."""
+    _check_pair(record, source)
+    row = row_from_record(record, source)
+    sizes = image_sizes(row, image_root)
+    tokens = pair_num_tokens(
+        processor, row.to_messages(), sizes, record["chosen"], record["rejected"], max_tiles=max_tiles
+    )
+    return PairRow(row, record["chosen"], record["rejected"], tokens)
+
+
+def _check_pair(record, source: str) -> None:
+    for key in ("chosen", "rejected"):
+        if not isinstance(record.get(key), str) or not record[key].strip():
+            raise DataError(f"{source}: missing or empty '{key}' text; fix the row or drop it", reason=f"no_{key}")
 
 
 @dataclass(frozen=True)
@@ -70,61 +108,3 @@ class PairSource:
                 reason="changed_since_load",
             )
         return pair
-
-
-def _check_pair(record, source: str) -> None:
-    for key in ("chosen", "rejected"):
-        if not isinstance(record.get(key), str) or not record[key].strip():
-            raise DataError(f"{source}: missing or empty '{key}' text; fix the row or drop it", reason=f"no_{key}")
-
-
-def image_sizes(row: PromptRow, image_root: str | os.PathLike | None) -> list[tuple[int, int]]:
-    """(width, height) of each of the row's images, from the file headers only (no pixels decoded).
-
-    A missing or unreadable file raises DataError naming the row's source and the fix, as `load_images` does.
-    """
-    sizes = []
-    for path in row.images:
-        try:
-            with Image.open(resolve_image(path, image_root)) as img:
-                sizes.append(img.size)
-        except FileNotFoundError as e:
-            raise DataError(
-                f"{row.source}: image '{path}' not found under image_root={image_root}; "
-                "fix the path or the image root",
-                reason="missing_image",
-            ) from e
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(
-                f"{row.source}: image '{path}' under image_root={image_root} cannot be read ({e}); "
-                "replace the file or drop the row",
-                reason="unreadable_image",
-            ) from e
-    return sizes
-
-
-def measure_pair(record, source: str, processor, *, image_root: str | None, max_tiles: int) -> PairRow:
-    """Validate one raw record and count its tokens; images are sized from their headers, never tiled."""
-    _check_pair(record, source)
-    row = row_from_record(record, source)
-    tiles = image_tiles(processor, image_sizes(row, image_root), max_tiles=max_tiles)
-    tokens = pair_num_tokens(processor, row.to_messages(), tiles, record["chosen"], record["rejected"])
-    return PairRow(row, record["chosen"], record["rejected"], tokens)
-
-
-def load_pairs(
-    path: str | Path, processor, *, image_root: str | None, max_tiles: int, max_length: int, on_overlong: str
-) -> tuple[PairSource, PairSummary]:
-    """Read, check and measure every pair (no pixels kept). A pair longer than max_length is dropped and counted
-    (`on_overlong="drop"`) or refused with its line (`"raise"`); it is never truncated, so image tokens always
-    match image features."""
-    rows, summary = [], PairSummary()
-    for source, record in tqdm(list(iter_raw_records(path)), desc="measure pairs", unit="pair"):
-        if isinstance(record, DataError):
-            raise record
-        summary.rows += 1
-        pair = measure_pair(record, source, processor, image_root=image_root, max_tiles=max_tiles)
-        if admit(summary, source, pair.num_tokens, max_length=max_length, on_overlong=on_overlong, what="pair"):
-            rows.append(pair)
-    summary.kept = len(rows)
-    return PairSource(rows, processor, image_root=image_root, max_tiles=max_tiles), summary

@@ -1,9 +1,17 @@
-"""PromptRow: stable ids, InternVL chat messages, image loading, engine requests."""
+"""PromptRow: stable ids, InternVL chat messages, image sizes and loading, engine requests."""
 
 import pytest
 from PIL import Image
 
-from cascade_rl.data import DataError, PromptRow, load_images, prompt_id_for, row_to_request, with_image_placeholders
+from cascade_rl.data import (
+    DataError,
+    PromptRow,
+    image_sizes,
+    load_images,
+    prompt_id_for,
+    row_to_request,
+    with_image_placeholders,
+)
 from cascade_rl.data.rows import question_content
 
 
@@ -79,6 +87,26 @@ def test_load_images_errors_name_the_row_and_the_root(tmp_path):
     with pytest.raises(DataError, match=r"prompts.jsonl line 8: image 'bad.png' .* cannot be decoded") as e:
         load_images(row, tmp_path)
     assert e.value.reason == "unreadable_image"
+
+
+@pytest.mark.parametrize("read", [image_sizes, load_images])
+def test_header_sizes_and_decoding_name_the_same_problems(tmp_path, read):
+    row = PromptRow(id="r", question="q", images=["nope.png"], source="pairs.jsonl line 4")
+    with pytest.raises(DataError, match=r"pairs.jsonl line 4: image 'nope.png' not found under image_root=") as e:
+        read(row, tmp_path)
+    assert e.value.reason == "missing_image"
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    row = PromptRow(id="r", question="q", images=["junk.png"], source="pairs.jsonl line 5")
+    with pytest.raises(DataError, match=r"pairs.jsonl line 5: image 'junk.png' under image_root=.* cannot be") as e:
+        read(row, tmp_path)
+    assert e.value.reason == "unreadable_image"
+
+
+def test_image_sizes_read_headers_in_row_order(tmp_path):
+    Image.new("L", (4, 3), 128).save(tmp_path / "gray.png")
+    Image.new("RGBA", (2, 5), (255, 0, 0, 10)).save(tmp_path / "rgba.png")
+    row = PromptRow(id="r", question="q", images=["rgba.png", "gray.png", "rgba.png"])
+    assert image_sizes(row, tmp_path) == [im.size for im in load_images(row, tmp_path)] == [(2, 5), (4, 3), (2, 5)]
 
 
 def test_row_to_request_carries_messages_images_and_columns(tmp_path):

@@ -41,6 +41,9 @@ def test_log_probs_match_teacher_forcing(tiny_internvl, rollouts):
     for r in out:
         req = requests[int(r.prompt_id[1:])]
         prompt = encode_prompt(processor, req.messages, req.images, max_tiles=6)
+        # the rollout brings its prompt's model inputs along, as encoded for sampling
+        assert torch.equal(r.prompt_inputs.input_ids, prompt.input_ids)
+        assert torch.equal(r.prompt_inputs.pixel_values, prompt.pixel_values)
         ids = torch.cat([prompt.input_ids, torch.tensor(r.token_ids)])[None]
         with torch.no_grad():
             logits = model(input_ids=ids, pixel_values=prompt.pixel_values).logits[0]

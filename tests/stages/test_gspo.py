@@ -1,5 +1,8 @@
 """GSPO stage on the tiny InternVL: a step updates the policy, rewards rise on an easy task, resume is exact."""
 
+import hashlib
+from collections import Counter
+
 import pytest
 import torch
 from stages.conftest import gspo_config as config
@@ -47,6 +50,30 @@ def test_one_step_updates_the_policy_and_logs_the_metrics(tiny_checkpoint, tmp_p
         n for (n, a), b in zip(trained.state_dict().items(), start.state_dict().values()) if not torch.equal(a, b)
     }
     assert changed and not any("vision_tower" in n for n in changed)  # vision frozen, the rest trains
+
+
+def test_a_step_encodes_and_tiles_each_prompt_once_with_the_hf_engine(tiny_checkpoint, tmp_path, monkeypatch):
+    # HFEngine encodes each prompt (chat template, tokens, tiles) for sampling and hands it to the groups with
+    # the rollouts; the trainer does not encode it again. One step: 4 prompts, each with its own image.
+    from cascade_rl.models import chat
+
+    renders, tilings = [], Counter()
+    render, process_images = chat.render, chat.process_images
+
+    def counted_render(processor, messages, **kw):
+        renders.append(messages)
+        return render(processor, messages, **kw)
+
+    def counted_tiling(processor, images, **kw):
+        tilings[tuple(hashlib.sha1(im.tobytes()).hexdigest() for im in images)] += 1
+        return process_images(processor, images, **kw)
+
+    monkeypatch.setattr(chat, "render", counted_render)
+    monkeypatch.setattr(chat, "process_images", counted_tiling)
+    cfg = config(tiny_checkpoint, tmp_path, max_steps=1)
+    run_gspo(cfg)
+    assert len(renders) == cfg.prompts_per_step  # one encoding per prompt
+    assert len(tilings) == cfg.prompts_per_step and set(tilings.values()) == {1}  # each prompt's image tiled once
 
 
 @pytest.mark.slow  # a learning check: 10 GSPO steps

@@ -12,11 +12,11 @@ from synthetic import shapes_image
 
 from cascade_rl.data import DataError, row_from_record
 from cascade_rl.models import load_policy
-from cascade_rl.models.chat import process_images
-from cascade_rl.models.pairs import encode_pair, image_tiles
+from cascade_rl.models.chat import process_images, tile_counts
+from cascade_rl.models.pairs import encode_pair
 from cascade_rl.stages.mpo import MPOConfig, run_mpo
 from cascade_rl.train.metrics import read_metrics
-from cascade_rl.train.pair_data import PairSummary, load_pairs
+from cascade_rl.train.pair_data import PairFileSummary, load_pairs
 
 
 def config(tiny_checkpoint, pairs_file, out, **kw):
@@ -206,7 +206,7 @@ def test_lazy_pairs_train_like_pairs_encoded_up_front(tiny_checkpoint, pairs_fil
 
     def load_eagerly(path, processor, *, max_tiles, **_):
         pairs = eager_pairs(Path(path), pairs_file[1], processor, max_tiles=max_tiles)
-        return pairs, PairSummary(rows=len(pairs), kept=len(pairs))
+        return pairs, PairFileSummary(rows=len(pairs), kept=len(pairs))
 
     monkeypatch.setattr(mpo_module, "load_pairs", load_eagerly)
     run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "eager", max_steps=2, per_device_batch=1, grad_accum=2))
@@ -225,7 +225,7 @@ def test_tile_counts_from_image_sizes_match_tiling(tiny_internvl, max_tiles):
     processor = tiny_internvl[1]
     sizes = [(64, 64), (128, 64), (64, 200), (300, 90), (17, 500), (1000, 1000), (500, 31)]
     _, tiled = process_images(processor, [shapes_image(w, h) for w, h in sizes], max_tiles=max_tiles)
-    assert image_tiles(processor, sizes, max_tiles=max_tiles) == tiled
+    assert tile_counts(processor, sizes, max_tiles=max_tiles) == tiled
 
 
 def test_image_problems_are_found_at_load_time_and_changes_at_encode_time(tiny_checkpoint, pairs_file):
