@@ -21,22 +21,17 @@ def _init_tiny(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cascade_rl.models.io import load_policy, load_processor, policy_parameter_names
+    from cascade_rl.models.io import policy_parameter_names
+    from cascade_rl.rollout.factory import make_engine
     from cascade_rl.rollout.server import RolloutServer
+    from cascade_rl.rollout.vllm_support import VLLMSettings
 
+    settings = VLLMSettings(gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype, sleep=False)
+    engine = make_engine(args.engine, args.model, max_tiles=args.max_tiles, batch_size=args.batch_size, vllm=settings)
     if args.engine == "vllm":  # vLLM holds the weights; the server keeps only their names
-        from cascade_rl.rollout.vllm import VLLMEngine
-        from cascade_rl.rollout.vllm_support import VLLMSettings
-
-        settings = VLLMSettings(gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype, sleep=False)
-        engine = VLLMEngine(args.model, load_processor(args.model), max_tiles=args.max_tiles, settings=settings)
         model, names = None, policy_parameter_names(args.model)
     else:
-        from cascade_rl.rollout import HFEngine
-
-        model, processor = load_policy(args.model)
-        engine = HFEngine(model.eval(), processor, max_tiles=args.max_tiles, batch_size=args.batch_size)
-        names = None
+        model, names = engine.model, None
     server = RolloutServer(engine, model, param_names=names, host=args.host, port=args.port, model_path=args.model)
     print(f"serving {args.model} ({args.engine}) on {server.url}", flush=True)
     server.serve_forever()
@@ -124,7 +119,10 @@ def _split_source(config: str | None, overrides: list[str]) -> tuple[str | None,
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
     from cascade_rl.models.tiny import TINY_PRESETS
+    from cascade_rl.rollout.vllm_support import ServingDtype
     from cascade_rl.stages import STAGES
 
     parser = argparse.ArgumentParser(prog="cascade-rl", description="Cascade RL post-training for InternVL.")
@@ -156,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU vLLM may take (vllm engine)"
     )
     serve.add_argument(
-        "--dtype", default="auto", help="precision vLLM serves in: auto (config.json), bfloat16, float32"
+        "--dtype", default="auto", choices=get_args(ServingDtype), help="precision vLLM serves in (auto: config.json)"
     )
     serve.set_defaults(func=_serve)
     for stage in STAGES.values():

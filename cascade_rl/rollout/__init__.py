@@ -1,6 +1,6 @@
 """Rollout engines: one protocol (`generate(requests, n=, sampling=)`), several back-ends."""
 
-from cascade_rl.rollout.base import Rollout, RolloutEngine, RolloutRequest, SamplingParams
+from cascade_rl.rollout.base import Rollout, RolloutEngine, RolloutRequest, SamplingConfig, SamplingParams
 from cascade_rl.rollout.hf import HFEngine
 
-__all__ = ["HFEngine", "Rollout", "RolloutEngine", "RolloutRequest", "SamplingParams"]
+__all__ = ["HFEngine", "Rollout", "RolloutEngine", "RolloutRequest", "SamplingConfig", "SamplingParams"]
