@@ -92,7 +92,12 @@ def _print_config(args: argparse.Namespace) -> int:
     from cascade_rl.stages.cascade import plan_stages
 
     config = _cascade_config(args)
-    resolved = {plan.name: dataclasses.asdict(plan.build()) for plan in plan_stages(config)}
+    resolved = {}
+    for plan in plan_stages(config):
+        built = plan.build()
+        resolved[plan.name] = dataclasses.asdict(built)
+        if hasattr(built, "resolved_settings"):  # the eval suite: its settings with their defaults
+            resolved[plan.name]["settings"] = built.resolved_settings()
     print(yaml.safe_dump({"cascade": dataclasses.asdict(config), "stages": resolved}, sort_keys=False))
     return 0
 

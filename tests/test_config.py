@@ -169,6 +169,12 @@ def test_print_config_shows_the_nested_sections(capsys):
     stages = yaml.safe_load(capsys.readouterr().out)["stages"]
     assert stages["sft"]["optim"]["lr"] == 3e-3 and stages["sft"]["optim"]["lr_schedule"] == "cosine"
     assert stages["gspo"]["optim"]["lr_schedule"] == "constant" and stages["gspo"]["sampling"]["n"] == 8
-    assert stages["rollout"]["sampling"]["top_k"] == 50 and stages["eval"]["settings"]["sampling"] == {
-        "max_new_tokens": 40
+    assert stages["rollout"]["sampling"]["top_k"] == 50
+    assert stages["eval"]["settings"]["sampling"] == {
+        "n": 1,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": -1,
+        "max_new_tokens": 40,
+        "seed": 0,
     }

@@ -14,6 +14,7 @@ to counts as incorrect and is reported in `ungraded`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -162,6 +163,13 @@ class EvalSuite:
             return from_dict(EvalConfig, values)
         except ConfigError as err:
             raise ValueError(f"eval: {err}") from err
+
+    def resolved_settings(self) -> dict:
+        """`settings` with every EvalConfig default filled in (sections included), as `print-config` shows them."""
+        if not self.checkpoints:
+            return dict(self.settings)
+        resolved = dataclasses.asdict(self.eval_config(next(iter(self.checkpoints))))
+        return {key: value for key, value in resolved.items() if key not in ("model_path", "out")}
 
 
 def run_evals(suite: EvalSuite) -> dict:

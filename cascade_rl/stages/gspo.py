@@ -50,7 +50,8 @@ class GSPOConfig:
     `sampling` GSPO_SAMPLING, vision frozen, no KL; sizes are scaled down (released: 512 prompts per step,
     mini-batches of 32). Clip: the GSPO paper's 3e-4 / 4e-4 (the released scripts ran verl's default 0.2 / 0.2).
     Step k samples with seed `seed · 1000003 + k`; `sampling.temperature` is also the trainer's log-prob
-    temperature. `optim` batches by prompts (prompts_per_step, mini_batch_prompts), not per_device_batch."""
+    temperature. GSPO batches by prompts (prompts_per_step, mini_batch_prompts): optim.per_device_batch and
+    optim.grad_accum stay 1."""
 
     model_path: str = ""
     prompts: str = ""
