@@ -59,4 +59,6 @@ def make_engine(
 
         model, processor = load_policy(model_path)
         model.eval()
+    elif processor is None:
+        raise ValueError("engine hf over a given model needs that model's processor too")
     return HFEngine(model, processor, max_tiles=max_tiles, batch_size=batch_size)
