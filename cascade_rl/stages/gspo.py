@@ -29,6 +29,7 @@ from cascade_rl.models.parts import freeze_parts
 from cascade_rl.rewards import RewardRunner
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, score_rollouts
 from cascade_rl.rollout import SamplingConfig, SamplingParams
+from cascade_rl.rollout.client import WeightTransport
 from cascade_rl.rollout.factory import EngineKind, make_engine
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 from cascade_rl.train.groups import Group, compute_old_logps, make_group
@@ -61,7 +62,7 @@ class GSPOConfig:
     server_url: str = "http://127.0.0.1:8000"
     server_timeout_s: float = 600.0
     server_retries: int = 3
-    weight_transport: Literal["http", "nccl", "gloo"] = "http"  # "nccl" / "gloo": weights over a process group
+    weight_transport: WeightTransport = "http"  # "nccl" / "gloo": weights over a process group
     weight_group_host: str = "127.0.0.1"  # this trainer's address as the rollout server sees it
     weight_group_port: int = 0  # 0: a free port
     prompts_per_step: int = 8
