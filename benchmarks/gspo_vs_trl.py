@@ -122,20 +122,21 @@ class Clock:
 
 def run_ours(args, root: Path) -> dict:
     """`--warmup` + 1 steps of make_group → compute_old_logps → GSPOTrainer.update; the last step timed."""
+    from dataclasses import replace
+
     from cascade_rl.data import row_to_request
     from cascade_rl.rollout import Rollout
-    from cascade_rl.stages.gspo import GSPOConfig, GSPOTrainer
+    from cascade_rl.stages.gspo import GSPO_OPTIM, GSPO_SAMPLING, GSPOConfig, GSPOTrainer
 
     config = GSPOConfig(
         model_path=str(root / "checkpoint"),
         prompts=str(root / "prompts.jsonl"),
         image_root=str(root / "images"),
         out_dir=str(root / "ours_run"),
-        rollout_n=args.group,
+        sampling=replace(GSPO_SAMPLING, n=args.group),
         prompts_per_step=args.prompts,
         mini_batch_prompts=args.mini_batch,
-        lr=LR,
-        weight_decay=0.0,
+        optim=replace(GSPO_OPTIM, lr=LR, weight_decay=0.0),
         clip_low=CLIP_LOW,
         clip_high=CLIP_HIGH,
         max_tiles=args.max_tiles,
@@ -199,11 +200,11 @@ def _ours_step(trainer, requests, rollouts, fixture, step: int) -> tuple[list, d
         )
         for request in requests
     ]
-    advantages = group_advantages(torch.cat([g.rewards for g in groups]), c.rollout_n, eps=ADV_EPS)
-    for group, adv in zip(groups, advantages.view(len(groups), c.rollout_n)):
+    advantages = group_advantages(torch.cat([g.rewards for g in groups]), c.sampling.n, eps=ADV_EPS)
+    for group, adv in zip(groups, advantages.view(len(groups), c.sampling.n)):
         group.advantages = adv
     prepared, _ = clock.lap()
-    compute_old_logps(trainer.model, groups, temperature=c.temperature, pad_id=trainer.pad_id)
+    compute_old_logps(trainer.model, groups, temperature=c.sampling.temperature, pad_id=trainer.pad_id)
     old_done, _ = clock.lap()
     trainer.update(groups, step)
     wall, cpu = clock.lap()

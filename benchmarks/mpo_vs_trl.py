@@ -218,14 +218,17 @@ def run_ours(workload: dict, out_dir: Path, n_pairs: int) -> dict:
         out_dir=str(out_dir),  # a fresh directory: the reference cache is computed, never reused
         reference="precomputed",
         beta=BETA,
-        lr=LR,
-        weight_decay=WEIGHT_DECAY,
-        warmup_ratio=WARMUP_RATIO,
-        lr_schedule="cosine",
-        per_device_batch=1,
-        grad_accum=GRAD_ACCUM,
+        optim=replace(
+            mpo_stage.MPO_OPTIM,
+            lr=LR,
+            weight_decay=WEIGHT_DECAY,
+            warmup_ratio=WARMUP_RATIO,
+            lr_schedule="cosine",
+            per_device_batch=1,
+            grad_accum=GRAD_ACCUM,
+            mixed_precision="no",
+        ),
         max_tiles=MAX_TILES,
-        mixed_precision="no",
         seed=0,
     )
     summary = mpo_stage.run_mpo(config)

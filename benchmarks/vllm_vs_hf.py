@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from cascade_rl.models import TINY_PRESETS, build_tiny_internvl, load_policy, save_policy
-from cascade_rl.rollout import HFEngine, RolloutRequest, SamplingParams
+from cascade_rl.rollout import RolloutRequest, SamplingParams
+from cascade_rl.rollout.factory import make_engine
 
 QUESTION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many squares are there?"}]}]
 IMAGE_SIZES = [(256, 128), (128, 128), (256, 256)]  # 3, 1 and 5 tiles of 64 px (crops + thumbnail)
@@ -52,7 +53,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    from cascade_rl.rollout.vllm import VLLMEngine
     from cascade_rl.rollout.vllm_support import VLLMSettings
 
     spec = replace(TINY_PRESETS["internvl3_5_1b_ratio"], max_tiles=4)
@@ -60,9 +60,9 @@ def main() -> None:
         checkpoint = Path(root) / "checkpoint"
         save_policy(*build_tiny_internvl(spec, seed=0), checkpoint)
         model, processor = load_policy(checkpoint, device=args.device)
-        hf = HFEngine(model.eval(), processor, max_tiles=4, batch_size=args.prompts * args.n)
+        hf = make_engine("hf", model=model.eval(), processor=processor, max_tiles=4, batch_size=args.prompts * args.n)
         settings = VLLMSettings(dtype="float32", kv_cache_gib=1.0, max_model_len=2048, sleep=False)
-        vllm = VLLMEngine(str(checkpoint), processor, max_tiles=4, settings=settings)
+        vllm = make_engine("vllm", str(checkpoint), processor=processor, max_tiles=4, vllm=settings)
         batch = requests(args.prompts)
         sampling = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
         engines = {"hf": hf, "vllm": vllm}

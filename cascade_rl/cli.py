@@ -42,14 +42,14 @@ def _serve(args: argparse.Namespace) -> int:
                 extra=extra,
             )
         )
-    from cascade_rl.models.io import load_policy
-    from cascade_rl.rollout import HFEngine
+    from cascade_rl.rollout.factory import make_engine
     from cascade_rl.rollout.server import RolloutServer
 
-    model, processor = load_policy(args.model)
-    engine = HFEngine(model.eval(), processor, max_tiles=args.max_tiles, batch_size=args.batch_size)
+    engine = make_engine("hf", args.model, max_tiles=args.max_tiles, batch_size=args.batch_size)
     limit = int(args.max_body_mb * 2**20)
-    server = RolloutServer(engine, model, host=args.host, port=args.port, model_path=args.model, max_body_bytes=limit)
+    server = RolloutServer(
+        engine, engine.model, host=args.host, port=args.port, model_path=args.model, max_body_bytes=limit
+    )
     print(f"serving {args.model} (hf) on {server.url}", flush=True)
     server.serve_forever()
     return 0
@@ -109,7 +109,12 @@ def _print_config(args: argparse.Namespace) -> int:
     from cascade_rl.stages.cascade import plan_stages
 
     config = _cascade_config(args)
-    resolved = {plan.name: dataclasses.asdict(plan.build()) for plan in plan_stages(config)}
+    resolved = {}
+    for plan in plan_stages(config):
+        built = plan.build()
+        resolved[plan.name] = dataclasses.asdict(built)
+        if hasattr(built, "resolved_settings"):  # the eval suite: its settings with their defaults
+            resolved[plan.name]["settings"] = built.resolved_settings()
     print(yaml.safe_dump({"cascade": dataclasses.asdict(config), "stages": resolved}, sort_keys=False))
     return 0
 
@@ -136,6 +141,10 @@ def _split_source(config: str | None, overrides: list[str]) -> tuple[str | None,
 
 
 def _add_serve(sub) -> None:
+    from typing import get_args
+
+    from cascade_rl.rollout.vllm_support import ServingDtype
+
     serve = sub.add_parser(
         "serve", help="a rollout server on dedicated devices: vLLM's own server (default) or the HF test double"
     )
@@ -149,7 +158,7 @@ def _add_serve(sub) -> None:
     vllm = serve.add_argument_group("vllm engine")
     vllm.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="share of the GPU vLLM may take")
     vllm.add_argument(
-        "--dtype", default="auto", help="precision vLLM serves in: auto (config.json), bfloat16, float32"
+        "--dtype", default="auto", choices=get_args(ServingDtype), help="precision vLLM serves in (auto: config.json)"
     )
     vllm.add_argument("--weight-backend", choices=["nccl", "gloo"], help="weight transfer (default: nccl with CUDA)")
     vllm.add_argument("--max-model-len", type=int, default=0, help="0: the model's own")

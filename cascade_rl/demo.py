@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. gspo.max_steps=4")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. gspo.optim.max_steps=4")
     args = parser.parse_args(argv)
     run_demo(args.runs_dir, args.seed, args.overrides)
     return 0

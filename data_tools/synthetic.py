@@ -26,9 +26,11 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image, ImageDraw
 
+from cascade_rl.config import check_choices
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl
 from cascade_rl.rewards.grounding import normalize_box
 
@@ -61,14 +63,13 @@ class ShapesTask:
     shapes: tuple[str, ...] = ("square",)
     max_count: int = 2
     max_distractors: int = 2
-    background: str = "white"
+    background: Literal["white", "grid"] = "white"
 
     def __post_init__(self):
+        check_choices(self)
         unknown = [c for c in self.colours if c not in PALETTE] + [s for s in self.shapes if s not in SHAPES]
         if unknown:
             raise ValueError(f"unknown colours/shapes {unknown}; choose from {sorted(PALETTE)} and {list(SHAPES)}")
-        if self.background not in ("white", "grid"):
-            raise ValueError(f"background must be 'white' or 'grid', got {self.background!r}")
         if len(self.colours) * len(self.shapes) < 2:
             raise ValueError("need at least 2 (colour, shape) kinds so that distractors differ from the target")
         if self.max_count + self.max_distractors > self.grid**2:

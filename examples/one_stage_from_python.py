@@ -1,17 +1,21 @@
 """Drive one stage from Python: MPO on a handful of preference pairs, with a tiny InternVL built in-process.
 
 Run: python examples/one_stage_from_python.py [OUT_DIR]
+
+The stage's `optim` section starts from its own defaults (MPO_OPTIM: InternVL's released settings);
+`dataclasses.replace` changes the keys this toy run needs and keeps the rest.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from cascade_rl.data_tools.synthetic import write_synthetic_dataset
 from cascade_rl.models import init_tiny, load_policy
-from cascade_rl.stages.mpo import MPOConfig, run_mpo
+from cascade_rl.stages.mpo import MPO_OPTIM, MPOConfig, run_mpo
 
 
 def main(out: Path) -> dict:
@@ -34,9 +38,7 @@ def main(out: Path) -> dict:
         pairs=str(pairs),
         image_root=str(out / "data"),
         out_dir=str(out / "mpo"),
-        lr=1e-3,
-        max_steps=4,
-        per_device_batch=2,
+        optim=replace(MPO_OPTIM, lr=1e-3, max_steps=4, per_device_batch=2),
         max_tiles=1,
     )
     summary = run_mpo(config)

@@ -39,11 +39,17 @@ def test_recipe_validates_without_loading_a_model(recipe, recwarn):
         mpo, gspo = built["MPOConfig"], built["GSPOConfig"]
         # Released settings (SPEC §1, §3): MPO lr 2e-7, β 0.1, weights (0.8, 0.2, 1.0), cosine, warmup 0.03, wd 0.05,
         # 12 tiles; GSPO 16 rollouts, 512 prompts per step, temperature 1.0, vision frozen, no KL.
-        assert (mpo.lr, mpo.beta, tuple(mpo.loss_weights), mpo.lr_schedule) == (2e-7, 0.1, (0.8, 0.2, 1.0), "cosine")
-        assert (mpo.warmup_ratio, mpo.weight_decay, mpo.max_tiles, mpo.epochs) == (0.03, 0.05, 12, 1)
-        assert (gspo.rollout_n, gspo.prompts_per_step, gspo.temperature) == (16, 512, 1.0)
+        optim = mpo.optim
+        assert (optim.lr, mpo.beta, tuple(mpo.loss_weights), optim.lr_schedule) == (
+            2e-7,
+            0.1,
+            (0.8, 0.2, 1.0),
+            "cosine",
+        )
+        assert (optim.warmup_ratio, optim.weight_decay, mpo.max_tiles, optim.epochs) == (0.03, 0.05, 12, 1)
+        assert (gspo.sampling.n, gspo.prompts_per_step, gspo.sampling.temperature) == (16, 512, 1.0)
         assert gspo.freeze_vision and gspo.kl_coef == 0.0
-        assert gspo.lr == (8e-7 if "241b" in recipe.name else 1e-6)
+        assert gspo.optim.lr == (8e-7 if "241b" in recipe.name else 1e-6)
 
 
 def test_a_misspelt_key_is_refused_with_the_valid_ones():

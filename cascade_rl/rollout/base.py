@@ -21,13 +21,39 @@ class EngineUnavailable(RuntimeError):
 
 @dataclass
 class SamplingParams:
-    """How to sample: InternVL's offline pipeline uses temperature 0.7, top_k 50, top_p 1.0 (SPEC §2)."""
+    """How an engine samples in one `generate` call (a stage's `SamplingConfig.params` builds it)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1  # -1: no top-k filtering (vLLM convention)
     max_new_tokens: int = 256
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The `sampling:` section of the rollout, GSPO and eval stages: n completions per prompt, each drawn at
+    `temperature` (0: greedy) from the top_k (-1: all) tokens within top_p of the probability mass, at most
+    max_new_tokens long; `seed` seeds each sample by (seed, prompt id, sample index). Each stage has its own
+    defaults (InternVL's MMPR rollouts: n 8 here, 32 released, T 0.7, top_k 50; GSPO: n 16, T 1.0; eval: greedy)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 1024
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1 or self.max_new_tokens < 1:
+            raise ValueError("sampling.n and sampling.max_new_tokens must be at least 1")
+        if self.temperature < 0 or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"need temperature ≥ 0 and 0 < top_p ≤ 1; got {self.temperature}, {self.top_p}")
+
+    def params(self, seed: int | None = None) -> SamplingParams:
+        """The engine's per-call SamplingParams; `seed` replaces `self.seed` (GSPO derives one per step)."""
+        seed = self.seed if seed is None else seed
+        return SamplingParams(self.temperature, self.top_p, self.top_k, self.max_new_tokens, seed=seed)
 
 
 @dataclass

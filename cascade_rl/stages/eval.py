@@ -14,25 +14,31 @@ to counts as incorrect and is reported in `ungraded`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
-from cascade_rl.config import ConfigError, dump_yaml, from_dict
+from cascade_rl.config import ConfigError, check_choices, dump_yaml, from_dict
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, grade, reward_columns, reward_runner
-from cascade_rl.rollout import Rollout, SamplingParams
+from cascade_rl.rollout import Rollout, SamplingConfig
+from cascade_rl.rollout.factory import make_engine
+
+# Greedy: one completion per prompt at temperature 0.
+EVAL_SAMPLING = SamplingConfig(n=1, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=1024, seed=0)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """`run_eval` settings. Greedy (temperature 0, n 1) by default; with temperature > 0, n samples per prompt are
-    drawn (seeded per prompt) and accuracy is the share of correct samples."""
+    """`run_eval` settings. Greedy (`sampling` EVAL_SAMPLING) by default; with sampling.temperature > 0,
+    sampling.n samples per prompt are drawn (seeded per prompt) and accuracy is the share of correct samples."""
 
     model_path: str = ""
     prompts: str = ""
@@ -40,40 +46,27 @@ class EvalConfig:
     out: str = "runs/eval/eval.json"
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
-    max_new_tokens: int = 1024
+    sampling: SamplingConfig = field(default_factory=lambda: EVAL_SAMPLING)
     max_tiles: int = 12
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = -1
-    seed: int = 0
     engine_batch_size: int = 8
     prompts_per_batch: int = 16
     system_prompt: str | None = None
     reward_timeout_s: float = 5.0
-    on_error: str = "raise"
+    on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
+        check_choices(self)
         if not self.model_path or not self.prompts:
             raise ValueError("model_path and prompts are required")
         names = [r.name for r in self.rewards]
         missing = [rule.reward for rule in self.correct if rule.reward not in names]
         if not self.correct or missing:
             raise ValueError(f"correct rules name rewards {missing or '(none)'} not among rewards {names}")
-        if self.n < 1 or self.max_new_tokens < 1:
-            raise ValueError("n and max_new_tokens must be at least 1")
-        if self.n > 1 and self.temperature <= 0:
-            raise ValueError(f"n={self.n} greedy samples would all be identical; set temperature > 0 or n=1")
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
-
-
-def make_engine(config: EvalConfig):
-    from cascade_rl.models import load_policy
-    from cascade_rl.rollout import HFEngine
-
-    model, processor = load_policy(config.model_path)
-    return HFEngine(model.eval(), processor, max_tiles=config.max_tiles, batch_size=config.engine_batch_size)
+        n = self.sampling.n
+        if n > 1 and self.sampling.temperature <= 0:
+            raise ValueError(
+                f"sampling.n={n} greedy samples would all be identical; set sampling.temperature > 0 or n=1"
+            )
 
 
 def run_eval(config: EvalConfig, engine=None) -> dict:
@@ -85,19 +78,16 @@ def run_eval(config: EvalConfig, engine=None) -> dict:
     rows, read_summary = read_prompts(config.prompts, config.image_root, on_error=config.on_error)
     if not rows:
         raise ValueError(f"{config.prompts}: no prompts to evaluate ({read_summary})")
-    engine = engine or make_engine(config)
-    sampling = SamplingParams(
-        temperature=config.temperature,
-        top_p=config.top_p,
-        top_k=config.top_k,
-        max_new_tokens=config.max_new_tokens,
-        seed=config.seed,
-    )
-    rollouts = []
+    owned = engine is None
+    if owned:
+        engine = make_engine("hf", config.model_path, max_tiles=config.max_tiles, batch_size=config.engine_batch_size)
+    sampling, rollouts = config.sampling.params(), []
     for start in tqdm(range(0, len(rows), config.prompts_per_batch), desc="eval", unit="batch"):
         chunk = rows[start : start + config.prompts_per_batch]
         requests = [row_to_request(row, config.image_root, system_prompt=config.system_prompt) for row in chunk]
-        rollouts += engine.generate(requests, n=config.n, sampling=sampling)
+        rollouts += engine.generate(requests, n=config.sampling.n, sampling=sampling)
+    if owned:
+        engine.close()
     with reward_runner(config.rewards, timeout_s=config.reward_timeout_s) as runner:
         result = runner.score([r.text for r in rollouts], **reward_columns(rollouts))
     samples = [_sample(i, r, result, config.correct) for i, r in enumerate(rollouts)]
@@ -170,6 +160,13 @@ class EvalSuite:
             return from_dict(EvalConfig, values)
         except ConfigError as err:
             raise ValueError(f"eval: {err}") from err
+
+    def resolved_settings(self) -> dict:
+        """`settings` with every EvalConfig default filled in (sections included), as `print-config` shows them."""
+        if not self.checkpoints:
+            return dict(self.settings)
+        resolved = dataclasses.asdict(self.eval_config(next(iter(self.checkpoints))))
+        return {key: value for key, value in resolved.items() if key not in ("model_path", "out")}
 
 
 def run_evals(suite: EvalSuite) -> dict:

@@ -15,6 +15,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -27,51 +28,54 @@ from cascade_rl.algos import (
     k3_kl,
     sequence_is_weights,
 )
-from cascade_rl.config import dump_yaml
+from cascade_rl.config import check_choices, dump_yaml
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.parts import freeze_parts
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, reward_runner, score_rollouts
-from cascade_rl.rollout import SamplingParams
+from cascade_rl.rollout import SamplingConfig, SamplingParams
+from cascade_rl.rollout.factory import EngineKind, check_server_settings, make_engine
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 from cascade_rl.train.groups import Group, compute_old_logps, make_group
 from cascade_rl.train.metrics import MetricsLog
+from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.ranks import GroupScorer, all_records, check_ranks, combine_ranks, rank_share
-from cascade_rl.train.setup import SCHEDULES, make_accelerator, make_schedule, start_trackers
+from cascade_rl.train.setup import make_accelerator, make_optimizer, start_trackers
 from cascade_rl.train.state import load_train_state, save_train_state
+
+# InternVL3.5's released online recipe (SPEC §3): lr 1e-6 constant, no warmup, AdamW weight decay 0.01, grad clip 1.0.
+GSPO_OPTIM = OptimConfig(lr=1e-6, lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.01, max_grad_norm=1.0)
+# 16 rollouts per prompt at temperature 1.0, no top-k / top-p filtering; the sampling seed is derived per step.
+GSPO_SAMPLING = SamplingConfig(n=16, temperature=1.0, top_p=1.0, top_k=-1, max_new_tokens=1024)
 
 
 @dataclass(frozen=True)
 class GSPOConfig:
-    """Defaults follow InternVL3.5's released online recipe where it is known (SPEC §3): lr 1e-6 constant, AdamW
-    weight decay 0.01, grad clip 1.0, 16 rollouts per prompt, temperature 1.0, vision frozen, no KL; sizes are
-    scaled down (released: 512 prompts per step, mini-batches of 32). Clip: the GSPO paper's 3e-4 / 4e-4 (the
-    released scripts ran verl's default 0.2 / 0.2)."""
+    """Defaults follow InternVL3.5's released online recipe where it is known (SPEC §3): `optim` GSPO_OPTIM,
+    `sampling` GSPO_SAMPLING, vision frozen, no KL; sizes are scaled down (released: 512 prompts per step,
+    mini-batches of 32). Clip: the GSPO paper's 3e-4 / 4e-4 (the released scripts ran verl's default 0.2 / 0.2).
+    Step k samples with seed `seed · 1000003 + k`; `sampling.temperature` is also the trainer's log-prob
+    temperature. GSPO batches by prompts (prompts_per_step, mini_batch_prompts): optim.per_device_batch and
+    optim.grad_accum stay 1."""
 
     model_path: str = ""
     prompts: str = ""
     image_root: str | None = None
     out_dir: str = "runs/gspo"
-    engine: str = "hf"
+    engine: EngineKind = "hf"
     server_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000"])
     server_timeout_s: float = 600.0
     server_retries: int = 3
     server_wait_s: float = 300.0  # how long to wait for the servers to answer /health at the start
-    weight_transport: str = "auto"  # nccl | gloo (process group; auto: nccl with CUDA, else gloo) | http (hf-server)
+    weight_transport: Literal["auto", "nccl", "gloo", "http"] = "auto"  # auto: nccl with CUDA, else gloo
     weight_group_host: str = "127.0.0.1"  # this trainer's address as the rollout servers see it
     weight_group_port: int = 0  # 0: a free port
-    rollout_n: int = 16
     prompts_per_step: int = 8
     mini_batch_prompts: int = 4
     ppo_epochs: int = 1
-    max_steps: int = 0
-    epochs: int = 1
-    lr: float = 1e-6
-    lr_schedule: str = "constant"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
+    optim: OptimConfig = field(default_factory=lambda: GSPO_OPTIM)
+    sampling: SamplingConfig = field(default_factory=lambda: GSPO_SAMPLING)
     policy_loss: str = "gspo"
     aggregation: str = "seq-mean-token-mean"
     clip_low: float = 3e-4
@@ -79,78 +83,43 @@ class GSPOConfig:
     advantage: str = "grpo"
     advantage_scale: str = "group"  # "group" (GRPO), "batch" or "none" (Dr.GRPO: r - group mean, no division)
     advantage_eps: float = 1e-6  # added to the std
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    max_new_tokens: int = 1024
     max_tiles: int = 12
     engine_batch_size: int = 16
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     freeze_vision: bool = True
     kl_coef: float = 0.0
-    is_correction: str = "none"
+    is_correction: Literal["none", "sequence"] = "none"
     is_cap: float = 2.0
     drop_zero_variance: bool = False
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     reward_timeout_s: float = 5.0
     system_prompt: str | None = None
-    mixed_precision: str = "auto"
     save_steps: int = 1
     seed: int = 0
     log_with: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        check_choices(self)
         if not self.model_path or not self.prompts:
             raise ValueError("model_path and prompts are required")
         check_policy_loss_settings(
             self.policy_loss, aggregation=self.aggregation, clip_low=self.clip_low, clip_high=self.clip_high
         )
         advantage_options(self.advantage, scale=self.advantage_scale, eps=self.advantage_eps)
-        if self.rollout_n < 2:
-            raise ValueError("rollout_n must be at least 2: group advantages need several rollouts per prompt")
+        if self.sampling.n < 2:
+            raise ValueError("sampling.n must be at least 2: group advantages need several rollouts per prompt")
         if self.mini_batch_prompts > self.prompts_per_step:
             raise ValueError("mini_batch_prompts cannot exceed prompts_per_step")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if (self.optim.per_device_batch, self.optim.grad_accum) != (1, 1):
+            raise ValueError(
+                "GSPO batches by prompts: set prompts_per_step and mini_batch_prompts (one optimizer step per "
+                "mini-batch) and leave optim.per_device_batch and optim.grad_accum at 1"
+            )
+        if self.sampling.seed:
+            raise ValueError("GSPO derives step k's sampling seed from seed (seed · 1000003 + k): set seed instead")
         check_server_settings(self.engine, self.server_urls, self.weight_transport)
-        if self.is_correction not in ("none", "sequence"):
-            raise ValueError(f"is_correction must be 'none' or 'sequence', got {self.is_correction!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         check_rules(self.rewards, self.correct)
-
-
-ENGINES = ("hf", "vllm", "server", "hf-server")
-
-
-def check_server_settings(engine: str, urls: list[str], transport: str) -> None:
-    """engine=server: `vllm serve` processes (one or more URLs), weights over nccl or gloo; engine=hf-server: one
-    `cascade-rl serve --engine hf` (the CPU test double), weights also over http."""
-    if engine == "server" and transport == "http":
-        raise ValueError("weight_transport http is only for engine=hf-server; vLLM servers take nccl or gloo")
-    if transport not in ("auto", "http", "nccl", "gloo"):
-        raise ValueError(f"weight_transport must be auto, nccl, gloo or http, got {transport!r}")
-    if engine in ("server", "hf-server") and not urls:
-        raise ValueError(f"engine={engine} needs server_urls")
-    if engine == "hf-server" and len(urls) > 1:
-        raise ValueError("engine=hf-server talks to one server; several servers are vLLM's: use engine=server")
-
-
-def make_server_engine(c: GSPOConfig, processor, cuda: bool):
-    """The client of the configured rollout servers: vLLM servers (engine=server) or the HF test double."""
-    transport = c.weight_transport
-    if transport == "auto":
-        transport = "http" if c.engine == "hf-server" else ("nccl" if cuda else "gloo")
-    common = {"timeout_s": c.server_timeout_s, "retries": c.server_retries}
-    common.update(group_host=c.weight_group_host, group_port=c.weight_group_port)
-    if c.engine == "server":
-        from cascade_rl.rollout.vllm_server import VLLMServerEngine
-
-        return VLLMServerEngine(c.server_urls, processor, weight_backend=transport, **common)
-    from cascade_rl.rollout.client import ServerEngine
-
-    return ServerEngine(c.server_urls[0], weight_transport=transport, **common)
 
 
 class GSPOTrainer:
@@ -159,7 +128,7 @@ class GSPOTrainer:
     def __init__(self, config: GSPOConfig, engine=None):
         self.config = config
         self.out = Path(config.out_dir)
-        self.accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir)
+        self.accelerator = make_accelerator(config.optim, config.log_with, config.out_dir)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         check_ranks(config, self.world)
         if engine is None and config.engine == "vllm":
@@ -174,12 +143,9 @@ class GSPOTrainer:
         self.order = self._prompt_order()
         per_step = config.prompts_per_step * config.ppo_epochs // config.mini_batch_prompts
         self.total = len(self.order) // config.prompts_per_step
-        self.total = min(self.total, config.max_steps) if config.max_steps else self.total
+        self.total = min(self.total, config.optim.max_steps) if config.optim.max_steps else self.total
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = make_schedule(
-            config.lr_schedule, self.optimizer, warmup_ratio=config.warmup_ratio, total_steps=self.total * per_step
-        )
+        self.optimizer, self.scheduler = make_optimizer(config.optim, self.params, self.total * per_step)
         self.owns_engine, self.engine = engine is None, engine or self._make_engine()
         self.runner = reward_runner(config.rewards, timeout_s=config.reward_timeout_s)
         self.policy_loss = get_policy_loss(config.policy_loss)
@@ -193,29 +159,35 @@ class GSPOTrainer:
 
     def _prompt_order(self) -> list[int]:
         order = []
-        for epoch in range(self.config.epochs):
+        for epoch in range(self.config.optim.epochs):
             shuffled = list(range(len(self.rows)))
             random.Random(self.config.seed + epoch).shuffle(shuffled)
             order += shuffled
         return order
 
     def _make_engine(self):
+        """The configured engine; the HF engine samples from the trainer's own model object."""
         c = self.config
-        if c.engine in ("server", "hf-server"):
-            engine = make_server_engine(c, self.processor, torch.cuda.is_available())
-            engine.wait_until_ready(c.server_wait_s)
-            return engine
-        if c.engine == "vllm":
-            from cascade_rl.rollout.vllm import VLLMEngine
-
-            return VLLMEngine(c.model_path, self.processor, max_tiles=c.max_tiles, settings=c.vllm)
-        from cascade_rl.rollout import HFEngine
-
-        return HFEngine(self.model, self.processor, max_tiles=c.max_tiles, batch_size=c.engine_batch_size)
+        return make_engine(
+            c.engine,
+            c.model_path,
+            model=self.model,
+            processor=self.processor,
+            max_tiles=c.max_tiles,
+            batch_size=c.engine_batch_size,
+            vllm=c.vllm,
+            server_urls=c.server_urls,
+            server_wait_s=c.server_wait_s,
+            timeout_s=c.server_timeout_s,
+            retries=c.server_retries,
+            weight_transport=c.weight_transport,
+            group_host=c.weight_group_host,
+            group_port=c.weight_group_port,
+        )
 
     def sampling(self, step: int) -> SamplingParams:
-        c = self.config
-        return SamplingParams(c.temperature, c.top_p, c.top_k, c.max_new_tokens, seed=c.seed * 1_000_003 + step)
+        """Step `step`'s sampling: `config.sampling` seeded with seed · 1000003 + step."""
+        return self.config.sampling.params(seed=self.config.seed * 1_000_003 + step)
 
     def collect(self, step: int, cursor: int) -> tuple[list[Group], dict, int]:
         """Rollouts for `prompts_per_step` prompts from `cursor` (refilling dropped zero-variance groups from the
@@ -249,12 +221,12 @@ class GSPOTrainer:
         started = time.time()
         if hasattr(self.engine, "step"):
             self.engine.step = step  # so a dead server's error names the step
-        rollouts = self.engine.generate(requests, n=c.rollout_n, sampling=self.sampling(step))
+        rollouts = self.engine.generate(requests, n=c.sampling.n, sampling=self.sampling(step))
         seconds = time.time() - started
         records, result = score_rollouts(self.runner, rollouts, c.correct, {row.id: row for row in rows})
         groups = []
         for i, request in enumerate(requests):
-            part = slice(i * c.rollout_n, (i + 1) * c.rollout_n)
+            part = slice(i * c.sampling.n, (i + 1) * c.sampling.n)
             rewards = [r.reward for r in records[part]]
             groups.append(
                 make_group(
@@ -268,8 +240,8 @@ class GSPOTrainer:
                 )
             )
         rewards = torch.cat([g.rewards for g in groups])
-        advantages = self.advantage(rewards, c.rollout_n, **self.advantage_options)
-        advantages = advantages.reshape(len(groups), c.rollout_n)
+        advantages = self.advantage(rewards, c.sampling.n, **self.advantage_options)
+        advantages = advantages.reshape(len(groups), c.sampling.n)
         for group, adv in zip(groups, advantages):
             group.advantages = adv
         return groups, records, result, seconds
@@ -300,9 +272,9 @@ class GSPOTrainer:
             last = k == len(batch) - 1  # DDP averages the gradients over the ranks once, after the last group
             sync = nullcontext() if last else self.accelerator.no_sync(self.scorer)
             with sync:
-                logps, mask = self.scorer(group, c.temperature, self.pad_id)
+                logps, mask = self.scorer(group, c.sampling.temperature, self.pad_id)
                 self._group_backward(group, logps, mask, n_seq, sums)
-        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm))
+        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, c.optim.max_grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -344,7 +316,7 @@ class GSPOTrainer:
     def _kl(self, group: Group, logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`k3_kl` of the policy against the frozen reference on this group's completions."""
         with torch.no_grad():
-            ref, _ = group.logps(self.reference, temperature=self.config.temperature, pad_id=self.pad_id)
+            ref, _ = group.logps(self.reference, temperature=self.config.sampling.temperature, pad_id=self.pad_id)
         return k3_kl(logps, ref, mask)
 
     def run(self) -> dict:
@@ -355,13 +327,14 @@ class GSPOTrainer:
             dump_yaml(c, self.out / "gspo_config.yaml")
         start, cursor = self._resume()
         log = MetricsLog(self.out / "metrics.jsonl", acc)
-        start_trackers(acc, "cascade_rl_gspo", self.out, {"lr": c.lr, "rollout_n": c.rollout_n})
+        start_trackers(acc, "cascade_rl_gspo", self.out, {"lr": c.optim.lr, "rollout_n": c.sampling.n})
         for step in tqdm(range(start, self.total), desc="gspo", unit="step", disable=not acc.is_main_process):
             groups, metrics, cursor = self.collect(step, cursor)
             if not groups:
                 break
             with acc.autocast():  # the precision of the training forwards, so the first ratios are 1
-                metrics.update(compute_old_logps(self.model, groups, temperature=c.temperature, pad_id=self.pad_id))
+                temperature = c.sampling.temperature
+                metrics.update(compute_old_logps(self.model, groups, temperature=temperature, pad_id=self.pad_id))
             metrics.update(self.update(groups, step))
             self.engine.update_weights(self.model)
             log.log(step + 1, combine_ranks(acc, metrics))

@@ -14,13 +14,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
 from cascade_rl.algos import RunningMean, mean_implicit_reward, mpo_loss
-from cascade_rl.config import dump_yaml
+from cascade_rl.config import check_choices, dump_yaml
 from cascade_rl.data import DataError
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.logprobs import CHUNK_SIZE
@@ -28,15 +29,15 @@ from cascade_rl.models.pairs import pair_token_logps
 from cascade_rl.models.parts import merge_lora
 from cascade_rl.train.fingerprint import checkpoint_fingerprint, file_sha256
 from cascade_rl.train.metrics import MetricsLog
+from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.pair_data import PairSource, load_pairs
 from cascade_rl.train.reference import cached_reference_logps
 from cascade_rl.train.setup import (
-    SCHEDULES,
     configure_deepspeed,
     fill_deepspeed_buckets,
     global_order,
     make_accelerator,
-    make_schedule,
+    make_optimizer,
     micro_batch,
     prepare_policy,
     start_trackers,
@@ -50,56 +51,43 @@ from cascade_rl.train.zero3 import (
     reference_from_cache_or_engine,
 )
 
+# InternVL3.5's released MPO settings (SPEC §1): lr 2e-7, cosine, warmup 0.03, weight decay 0.05, 1 epoch; global
+# batch = per_device_batch × grad_accum × processes (InternVL: 1 × … = 256).
+MPO_OPTIM = OptimConfig(lr=2e-7, lr_schedule="cosine", warmup_ratio=0.03, weight_decay=0.05, epochs=1)
+
 
 @dataclass(frozen=True)
 class MPOConfig:
-    """InternVL3.5's released MPO settings are the defaults (SPEC §1): lr 2e-7, cosine, warmup 0.03, weight decay
-    0.05, β 0.1, weights (0.8, 0.2, 1.0), 1 epoch, max 12 tiles; global batch = per_device_batch × grad_accum ×
-    processes (InternVL: 1 × … = 256)."""
+    """InternVL3.5's released MPO settings are the defaults (SPEC §1): `optim` MPO_OPTIM, β 0.1, weights
+    (0.8, 0.2, 1.0), max 12 tiles."""
 
     model_path: str = ""
     pairs: str = ""
     image_root: str | None = None
     out_dir: str = "runs/mpo"
-    reference: str = "precomputed"
+    reference: Literal["precomputed", "live"] = "precomputed"
     reference_path: str | None = None
     beta: float = 0.1
     loss_weights: tuple[float, float, float] = (0.8, 0.2, 1.0)
-    lr: float = 2e-7
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.03
-    lr_schedule: str = "cosine"
-    epochs: int = 1
-    max_steps: int = 0
-    per_device_batch: int = 1
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
+    optim: OptimConfig = field(default_factory=lambda: MPO_OPTIM)
     max_tiles: int = 12
     max_length: int = 16384
-    on_overlong: str = "drop"
+    on_overlong: Literal["drop", "raise"] = "drop"
     freeze_vision: bool = False
     freeze_projector: bool = False
     freeze_llm: bool = False
     lora_rank: int = 0
     lora_alpha: int = 16
-    mixed_precision: str = "auto"
     save_steps: int = 0
     seed: int = 0
     log_with: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        check_choices(self)
         if not self.model_path or not self.pairs:
             raise ValueError("model_path and pairs are required")
-        if self.reference not in ("precomputed", "live"):
-            raise ValueError(f"reference must be 'precomputed' or 'live', got {self.reference!r}")
-        if self.on_overlong not in ("drop", "raise"):
-            raise ValueError(f"on_overlong must be 'drop' or 'raise', got {self.on_overlong!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.lora_rank and self.freeze_llm:
             raise ValueError("lora_rank > 0 trains adapters inside the LLM; it cannot be combined with freeze_llm")
-        if min(self.per_device_batch, self.grad_accum, self.epochs) < 1:
-            raise ValueError("per_device_batch, grad_accum and epochs must be at least 1")
 
 
 class PairScorer(torch.nn.Module):
@@ -161,8 +149,9 @@ def reference_logps(
 def run_mpo(config: MPOConfig) -> dict:
     """Train with MPO; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format)."""
     out = Path(config.out_dir)
-    accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir, config.grad_accum)
-    configure_deepspeed(accelerator, config, zero3=True)
+    optim = config.optim
+    accelerator = make_accelerator(optim, config.log_with, config.out_dir)
+    configure_deepspeed(accelerator, optim, zero3=True)
     zero3 = zero_stage(accelerator) == 3  # see train/zero3.py
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
@@ -187,14 +176,15 @@ def run_mpo(config: MPOConfig) -> dict:
     live = config.reference == "live"
     live_ref = load_policy(config.reference_path or config.model_path)[0].eval() if live else None
     world, rank = accelerator.num_processes, accelerator.process_index
-    order = global_order(len(pairs), config.epochs, config.seed)
-    total = len(order) // (config.per_device_batch * config.grad_accum * world)
-    total = min(total, config.max_steps) if config.max_steps else total
+    order = global_order(len(pairs), optim.epochs, config.seed)
+    total = len(order) // (optim.per_device_batch * optim.grad_accum * world)
+    total = min(total, optim.max_steps) if optim.max_steps else total
     if total < 1:
-        raise ValueError(f"{len(pairs)} pairs cannot fill one global batch; lower per_device_batch or grad_accum")
+        raise ValueError(
+            f"{len(pairs)} pairs cannot fill one global batch; lower optim.per_device_batch or grad_accum"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_schedule(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio, total_steps=total)
+    optimizer, scheduler = make_optimizer(optim, params, total)
     fill_deepspeed_buckets(accelerator, model)
     scorer = PairScorer(model, pad_id, WHOLE_SEQUENCE if zero3 else CHUNK_SIZE, fixed_call_order=zero3)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
@@ -206,12 +196,12 @@ def run_mpo(config: MPOConfig) -> dict:
     if resumed is not None:
         start, extra = resumed
         running.load_state_dict(extra["delta"])
-    start_trackers(accelerator, "cascade_rl_mpo", out, {"lr": config.lr, "beta": config.beta})
+    start_trackers(accelerator, "cascade_rl_mpo", out, {"lr": optim.lr, "beta": config.beta})
     log = MetricsLog(out / "metrics.jsonl", accelerator)
     step_fn = _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps, live_ref, accelerator)
     bar = tqdm(range(start, total), desc="mpo", unit="step", disable=not accelerator.is_main_process)
     for step in bar:
-        metrics = step_fn(pairs, [micro_batch(order, step, m, config, rank, world) for m in range(config.grad_accum)])
+        metrics = step_fn(pairs, [micro_batch(order, step, m, optim, rank, world) for m in range(optim.grad_accum)])
         bar.set_postfix(loss=f"{log.log(step + 1, metrics)['loss']:.4f}")
         if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < total:
             _save_state(out, accelerator, model, optimizer, scheduler, step + 1, running)
@@ -256,7 +246,7 @@ def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps,
             tokens += sum(p.num_tokens for p in batch)
             for key, value in {"loss": loss.detach(), **metrics}.items():
                 sums[key] = sums.get(key, 0) + value / len(micro_batches)
-        grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

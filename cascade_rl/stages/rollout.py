@@ -11,32 +11,21 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from tqdm import tqdm
 
-from cascade_rl.config import dump_yaml
+from cascade_rl.config import check_choices, dump_yaml
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, reward_runner, score_rollouts
-from cascade_rl.rollout import SamplingParams
+from cascade_rl.rollout import SamplingConfig
+from cascade_rl.rollout.factory import make_engine
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """InternVL's MMPR pipeline samples 32 rollouts at temperature 0.7, top_k 50, top_p 1.0 (SPEC §2)."""
-
-    n: int = 8
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 50
-    max_new_tokens: int = 1024
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.n < 1 or self.max_new_tokens < 1:
-            raise ValueError("n and max_new_tokens must be at least 1")
+# InternVL's MMPR pipeline samples at temperature 0.7, top_k 50, top_p 1.0 (SPEC §2); 32 rollouts released, 8 here.
+ROLLOUT_SAMPLING = SamplingConfig(n=8, temperature=0.7, top_p=1.0, top_k=50, max_new_tokens=1024, seed=0)
 
 
 @dataclass(frozen=True)
@@ -48,42 +37,23 @@ class RolloutStageConfig:
     prompts: str = ""
     image_root: str | None = None
     out_dir: str = "runs/offline"
-    engine: str = "hf"
+    engine: Literal["hf", "vllm"] = "hf"
     max_tiles: int = 6
     engine_batch_size: int = 8
     prompts_per_batch: int = 8
     system_prompt: str | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = field(default_factory=lambda: ROLLOUT_SAMPLING)
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     reward_timeout_s: float = 5.0
-    on_error: str = "raise"
+    on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
+        check_choices(self)
         if not self.model_path or not self.prompts:
             raise ValueError("model_path and prompts are required")
-        if self.engine not in ("hf", "vllm"):
-            raise ValueError(f"engine must be 'hf' or 'vllm', got {self.engine!r}")
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         check_rules(self.rewards, self.correct)
-
-
-def make_engine(config: RolloutStageConfig):
-    """The stage's engine; vLLM reads the weights itself, so only the processor is loaded for it."""
-    from cascade_rl.models.io import load_policy, load_processor
-
-    if config.engine == "vllm":
-        from cascade_rl.rollout.vllm import VLLMEngine
-
-        return VLLMEngine(
-            config.model_path, load_processor(config.model_path), max_tiles=config.max_tiles, settings=config.vllm
-        )
-    from cascade_rl.rollout import HFEngine
-
-    model, processor = load_policy(config.model_path)
-    return HFEngine(model, processor, max_tiles=config.max_tiles, batch_size=config.engine_batch_size)
 
 
 def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
@@ -97,8 +67,13 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     store = RolloutStore(out / "rollouts")
     done = store.done_prompt_ids(config.sampling.n)
     todo = [row for row in rows if row.id not in done]
-    owned, engine = engine is None, engine or make_engine(config)
-    sampling = SamplingParams(**{k: getattr(config.sampling, k) for k in SamplingParams.__dataclass_fields__})
+    owned = engine is None
+    if owned:
+        batch_size, vllm = config.engine_batch_size, config.vllm
+        engine = make_engine(
+            config.engine, config.model_path, max_tiles=config.max_tiles, batch_size=batch_size, vllm=vllm
+        )
+    sampling = config.sampling.params()
     started, stats = time.time(), {"prompts": len(todo), "rollouts": 0, "tokens": 0}
     with reward_runner(config.rewards, timeout_s=config.reward_timeout_s) as runner:
         for start in tqdm(range(0, len(todo), config.prompts_per_batch), desc="rollout", unit="batch"):

@@ -18,78 +18,67 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm import tqdm
 
 from cascade_rl.algos import summed_next_token_nll
-from cascade_rl.config import dump_yaml
+from cascade_rl.config import check_choices, dump_yaml
 from cascade_rl.data import DataError, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.models import EncodedChat, collate_chats, encode_chat, save_policy, tokenizer_of
 from cascade_rl.models.parts import merge_lora
 from cascade_rl.train.lengths import admit
 from cascade_rl.train.metrics import MetricsLog
+from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.setup import (
-    SCHEDULES,
     configure_deepspeed,
     fill_deepspeed_buckets,
     global_order,
     make_accelerator,
-    make_schedule,
+    make_optimizer,
     micro_batch,
     prepare_policy,
     start_trackers,
 )
 from cascade_rl.train.state import load_run_state, save_run_state
 
+# Schedule conventions follow InternVL's training scripts (cosine, warmup 0.03, weight decay 0.05, SPEC §1); lr 1e-5
+# is a common full-finetune rate for 1–8B models, not a value from SPEC — the tiny demo model needs ~1e-3.
+SFT_OPTIM = OptimConfig(lr=1e-5, lr_schedule="cosine", warmup_ratio=0.03, weight_decay=0.05)
+
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """SFT settings. Schedule conventions follow InternVL's training scripts (cosine, warmup 0.03, weight decay
-    0.05, SPEC §1); lr 1e-5 is a common full-finetune rate for 1–8B models, not a value from SPEC — the tiny demo
-    model needs ~1e-3. `max_steps` > 0 fixes the number of optimizer steps and overrides `epochs` (the data is
-    cycled, one seeded permutation per pass), as in transformers' Trainer. Global batch = per_device_batch ×
-    grad_accum × processes."""
+    """SFT settings; `optim` defaults to SFT_OPTIM. `optim.max_steps` > 0 fixes the number of optimizer steps and
+    overrides `optim.epochs` (the data is cycled, one seeded permutation per pass), as in transformers' Trainer.
+    Global batch = per_device_batch × grad_accum × processes."""
 
     model_path: str = ""
     data: str = ""
     image_root: str | None = None
     out_dir: str = "runs/sft"
-    lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.03
-    lr_schedule: str = "cosine"
-    epochs: int = 1
-    max_steps: int = 0
-    per_device_batch: int = 1
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
+    optim: OptimConfig = field(default_factory=lambda: SFT_OPTIM)
     max_tiles: int = 12
     max_length: int = 16384
-    on_overlong: str = "drop"
+    on_overlong: Literal["drop", "raise"] = "drop"
     system_prompt: str | None = None
     freeze_vision: bool = False
     freeze_projector: bool = False
     freeze_llm: bool = False
     lora_rank: int = 0
     lora_alpha: int = 16
-    mixed_precision: str = "auto"
     save_steps: int = 0
     seed: int = 0
     log_with: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        check_choices(self)
         if not self.model_path or not self.data:
             raise ValueError("model_path and data (a jsonl with image, question, response) are required")
-        if self.on_overlong not in ("drop", "raise"):
-            raise ValueError(f"on_overlong must be 'drop' or 'raise', got {self.on_overlong!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         if self.lora_rank and self.freeze_llm:
             raise ValueError("lora_rank > 0 trains adapters inside the LLM; it cannot be combined with freeze_llm")
-        if min(self.per_device_batch, self.grad_accum, self.epochs) < 1 or self.max_steps < 0:
-            raise ValueError("per_device_batch, grad_accum and epochs must be at least 1, max_steps at least 0")
 
 
 @dataclass
@@ -141,8 +130,9 @@ def trained_tokens(chats: list[EncodedChat]) -> int:
 def run_sft(config: SFTConfig) -> dict:
     """Fine-tune; resumes from `out_dir/state` when present; writes `out_dir/final` (HF format) and summary.json."""
     out = Path(config.out_dir)
-    accelerator = make_accelerator(config.mixed_precision, config.log_with, config.out_dir, config.grad_accum)
-    configure_deepspeed(accelerator, config)
+    optim = config.optim
+    accelerator = make_accelerator(optim, config.log_with, config.out_dir)
+    configure_deepspeed(accelerator, optim)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -153,15 +143,14 @@ def run_sft(config: SFTConfig) -> dict:
     if not examples:
         raise ValueError(f"{config.data}: no trainable rows ({data_summary})")
     world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = config.per_device_batch * config.grad_accum * world
-    total = config.max_steps or len(examples) * config.epochs // global_batch
+    global_batch = optim.per_device_batch * optim.grad_accum * world
+    total = optim.max_steps or len(examples) * optim.epochs // global_batch
     if total < 1:
         raise ValueError(f"{len(examples)} rows cannot fill one global batch of {global_batch}; lower the batch")
     passes = -(-total * global_batch // len(examples))  # ceil: enough permutations for every step
     order = global_order(len(examples), passes, config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_schedule(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio, total_steps=total)
+    optimizer, scheduler = make_optimizer(optim, params, total)
     dtype = model.dtype
     fill_deepspeed_buckets(accelerator, model)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
@@ -169,16 +158,14 @@ def run_sft(config: SFTConfig) -> dict:
     resumed = load_run_state(out / "state", accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
     if resumed is not None:
         start = resumed[0]
-    start_trackers(accelerator, "cascade_rl_sft", out, {"lr": config.lr, "global_batch": global_batch})
+    start_trackers(accelerator, "cascade_rl_sft", out, {"lr": optim.lr, "global_batch": global_batch})
     log = MetricsLog(out / "metrics.jsonl", accelerator)
     bar = tqdm(range(start, total), desc="sft", unit="step", disable=not accelerator.is_main_process)
     last = {}
     for step in bar:
-        batches = [
-            micro_batch(order, step, m, config, r, world) for m in range(config.grad_accum) for r in range(world)
-        ]
+        batches = [micro_batch(order, step, m, optim, r, world) for m in range(optim.grad_accum) for r in range(world)]
         n_global = trained_tokens([examples[i] for idx in batches for i in idx])
-        mine = [micro_batch(order, step, m, config, rank, world) for m in range(config.grad_accum)]
+        mine = [micro_batch(order, step, m, optim, rank, world) for m in range(optim.grad_accum)]
         metrics = _train_step(
             accelerator, config, wrapped, optimizer, scheduler, params, examples, mine, n_global, dtype, pad_id
         )
@@ -216,7 +203,7 @@ def _train_step(
         nll_sum += nll.detach().cpu()
         hits_sum += hits.cpu()
         tokens += int(batch["attention_mask"].sum())
-    grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+    grad_norm = accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

@@ -13,19 +13,18 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 
 from cascade_rl.models import load_policy
 from cascade_rl.models.parts import add_lora, freeze_parts
+from cascade_rl.train.optim import SCHEDULES, OptimConfig
 
-SCHEDULES = ("cosine", "constant")
 
-
-def make_accelerator(
-    mixed_precision: str = "auto", log_with: list[str] | None = None, out_dir=None, grad_accum: int = 1
-) -> Accelerator:
-    """CPU (gloo when launched with several processes) or GPU; "auto" precision is bf16 on GPU, fp32 on CPU.
+def make_accelerator(optim: OptimConfig, log_with: list[str] | None = None, out_dir=None) -> Accelerator:
+    """CPU (gloo when launched with several processes) or GPU, in `optim.mixed_precision` ("auto": bf16 on GPU,
+    fp32 on CPU).
     Under `accelerate launch` with a DeepSpeed config, DeepSpeed runs on the GPUs, or on the CPU over gloo.
-    `grad_accum` micro-steps per optimizer step: run each under `accelerator.accumulate(model)` and pass
+    `optim.grad_accum` micro-steps per optimizer step: run each under `accelerator.accumulate(model)` and pass
     `accelerator.backward` the micro-batch loss; it (or DeepSpeed) divides by `grad_accum`, and gradients are
     synchronised (DDP) or the DeepSpeed engine steps on the last micro-step only.
     Trackers named in `log_with` ("tensorboard", "wandb") write under `out_dir/trackers`."""
+    mixed_precision = optim.mixed_precision
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
     project_dir = str(tracker_dir(out_dir)) if log_with and out_dir is not None else None
@@ -39,7 +38,7 @@ def make_accelerator(
         mixed_precision=mixed_precision,
         log_with=log_with or None,
         project_dir=project_dir,
-        gradient_accumulation_steps=grad_accum,
+        gradient_accumulation_steps=optim.grad_accum,
         kwargs_handlers=[
             # a batch without images leaves a trainable vision tower unused: DDP must not wait for its gradients
             DistributedDataParallelKwargs(find_unused_parameters=True),
@@ -61,12 +60,18 @@ def start_trackers(accelerator: Accelerator, project: str, out_dir, config: dict
     accelerator.init_trackers(project, config=config, init_kwargs={"wandb": {"dir": str(tracker_dir(out_dir))}})
 
 
-def make_schedule(name: str, optimizer, *, warmup_ratio: float, total_steps: int):
-    """Linear warmup over ceil(warmup_ratio · total) steps, then cosine decay to 0 or a constant rate."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown lr schedule {name!r}; valid: {', '.join(SCHEDULES)}")
-    warmup = math.ceil(warmup_ratio * total_steps)
-    if name == "constant":
+def make_optimizer(optim: OptimConfig, params: list[torch.nn.Parameter], total_steps: int):
+    """(AdamW(params, optim.lr, optim.weight_decay), its `make_schedule` over `total_steps` optimizer steps)."""
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    return optimizer, make_schedule(optim, optimizer, total_steps)
+
+
+def make_schedule(optim: OptimConfig, optimizer, total_steps: int):
+    """Linear warmup over ceil(optim.warmup_ratio · total) steps, then cosine decay to 0 or a constant rate."""
+    if optim.lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr schedule {optim.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
+    warmup = math.ceil(optim.warmup_ratio * total_steps)
+    if optim.lr_schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup)
     return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
@@ -79,12 +84,13 @@ def global_order(n_pairs: int, epochs: int, seed: int) -> list[int]:
     return order
 
 
-def micro_batch(order: list[int], step: int, micro: int, config, rank: int, world: int) -> list[int]:
-    """Indices for (optimizer step, micro-step, rank): micro-steps are consecutive slices of the global batch,
-    each split into `world` consecutive per-rank slices of `config.per_device_batch`."""
-    global_batch = config.per_device_batch * config.grad_accum * world
-    start = step * global_batch + (micro * world + rank) * config.per_device_batch
-    return order[start : start + config.per_device_batch]
+def micro_batch(order: list[int], step: int, micro: int, optim: OptimConfig, rank: int, world: int) -> list[int]:
+    """Indices for (optimizer step, micro-step, rank): micro-steps are consecutive slices of the global batch
+    (per_device_batch × grad_accum × world), each split into `world` consecutive per-rank slices of
+    `optim.per_device_batch`."""
+    global_batch = optim.per_device_batch * optim.grad_accum * world
+    start = step * global_batch + (micro * world + rank) * optim.per_device_batch
+    return order[start : start + optim.per_device_batch]
 
 
 def prepare_policy(config):
@@ -107,11 +113,11 @@ def config_zero_stage(ds_config: dict) -> int:
     return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
-def deepspeed_fields(ds_config: dict, config, world: int, *, zero3: bool = False) -> dict:
+def deepspeed_fields(ds_config: dict, optim: OptimConfig, world: int, *, zero3: bool = False) -> dict:
     """The DeepSpeed config fields a trainer run fixes, checked against `ds_config` (accelerate's resolved dict).
 
-    config: an MPO / SFT config (per_device_batch, grad_accum, max_grad_norm); world: processes; zero3: whether
-    the trainer supports ZeRO-3 (MPO does, see train/zero3.py; SFT does not yet: its rows, text-only or with
+    optim: an MPO / SFT config's `optim` (per_device_batch, grad_accum, max_grad_norm); world: processes; zero3:
+    whether the trainer supports ZeRO-3 (MPO does, see train/zero3.py; SFT does not yet: its rows, text-only or with
     images, would make different module calls on different ranks, and ZeRO-3 gathers parameters per module call).
     Returns {train_batch_size, train_micro_batch_size_per_gpu, gradient_accumulation_steps, gradient_clipping}; a
     value the DeepSpeed config sets otherwise (not "auto") is refused with both values named.
@@ -119,10 +125,10 @@ def deepspeed_fields(ds_config: dict, config, world: int, *, zero3: bool = False
     if config_zero_stage(ds_config) == 3 and not zero3:
         raise ValueError("this trainer does not support ZeRO-3 yet: use recipes/deepspeed/zero2.json")
     fields = {
-        "train_batch_size": config.per_device_batch * config.grad_accum * world,
-        "train_micro_batch_size_per_gpu": config.per_device_batch,
-        "gradient_accumulation_steps": config.grad_accum,
-        "gradient_clipping": config.max_grad_norm,
+        "train_batch_size": optim.per_device_batch * optim.grad_accum * world,
+        "train_micro_batch_size_per_gpu": optim.per_device_batch,
+        "gradient_accumulation_steps": optim.grad_accum,
+        "gradient_clipping": optim.max_grad_norm,
     }
     for key, value in fields.items():
         given = ds_config.get(key, "auto")
@@ -133,12 +139,12 @@ def deepspeed_fields(ds_config: dict, config, world: int, *, zero3: bool = False
     return fields
 
 
-def configure_deepspeed(accelerator: Accelerator, config, *, zero3: bool = False) -> None:
+def configure_deepspeed(accelerator: Accelerator, optim: OptimConfig, *, zero3: bool = False) -> None:
     """Under `accelerate launch` with a DeepSpeed config, write `deepspeed_fields` into it (before `prepare`);
     a no-op otherwise."""
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
-        fields = deepspeed_fields(plugin.deepspeed_config, config, accelerator.num_processes, zero3=zero3)
+        fields = deepspeed_fields(plugin.deepspeed_config, optim, accelerator.num_processes, zero3=zero3)
         plugin.deepspeed_config.update(fields)
 
 

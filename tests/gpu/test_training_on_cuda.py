@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def test_gspo_step_on_cuda_in_bf16(tiny_checkpoint, tmp_path):
     from cascade_rl.stages.gspo import GSPOTrainer
 
-    trainer = GSPOTrainer(gspo_config(tiny_checkpoint, tmp_path, max_steps=1, mixed_precision="bf16"))
+    trainer = GSPOTrainer(gspo_config(tiny_checkpoint, tmp_path, optim={"max_steps": 1, "mixed_precision": "bf16"}))
     assert next(trainer.model.parameters()).device.type == "cuda"
     trainer.run()
     (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -23,7 +23,9 @@ def test_gspo_step_on_cuda_in_bf16(tiny_checkpoint, tmp_path):
 
 
 def test_mpo_step_on_cuda_in_bf16(tiny_checkpoint, tmp_path):
-    from cascade_rl.stages.mpo import MPOConfig, run_mpo
+    from dataclasses import replace
+
+    from cascade_rl.stages.mpo import MPO_OPTIM, MPOConfig, run_mpo
 
     pairs, images = write_pairs(tmp_path)
     config = MPOConfig(
@@ -31,10 +33,8 @@ def test_mpo_step_on_cuda_in_bf16(tiny_checkpoint, tmp_path):
         pairs=str(pairs),
         image_root=str(images),
         out_dir=str(tmp_path / "mpo"),
-        max_steps=2,
-        lr=1e-4,
+        optim=replace(MPO_OPTIM, lr=1e-4, max_steps=2, mixed_precision="bf16"),
         max_tiles=4,
-        mixed_precision="bf16",
     )
     run_mpo(config)
     rows = read_metrics(tmp_path / "mpo" / "metrics.jsonl")

@@ -41,23 +41,40 @@ def pairs_file(tmp_path):
     return write_pairs(tmp_path)
 
 
+def with_sections(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides`; a section given as a dict (optim, sampling, vllm) updates base's section key by key."""
+    merged = {**base, **overrides}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **value}
+    return merged
+
+
+def build(config_cls, base: dict, **overrides):
+    """`config_cls` from plain data `base` with `overrides` (as in `with_sections`), through the YAML loader."""
+    from cascade_rl.config import from_dict
+
+    return from_dict(config_cls, with_sections(base, overrides))
+
+
 def multi_rank_mpo_settings(checkpoint, pairs_file, **overrides) -> dict:
-    """MPOConfig fields shared by the runs that compare several ranks with one process (DDP, DeepSpeed)."""
+    """MPOConfig fields (as plain data for `from_dict`) shared by the runs that compare several ranks with one
+    process (DDP, DeepSpeed); `overrides` as in `with_sections`."""
     path, images = pairs_file
     settings = dict(
         model_path=str(checkpoint),
         pairs=str(path),
         image_root=str(images),
-        lr=1e-3,
-        warmup_ratio=0.0,
+        optim={"lr": 1e-3, "warmup_ratio": 0.0},
         max_tiles=4,
     )
-    return {**settings, **overrides}
+    return with_sections(settings, overrides)
 
 
 def gspo_config(checkpoint, tmp_path, **kw):
     """A GSPOConfig for short runs on a tiny checkpoint: 8 prompts, 4 per step, 4 rollouts each, a reward that
-    rises with the share of digits; `kw` overrides any field."""
+    rises with the share of digits; `kw` overrides any field, a section given as a dict (`optim={"max_steps": 2}`)
+    only the keys it names."""
     from cascade_rl.stages.gspo import GSPOConfig
 
     prompts = write_prompts(tmp_path, n=8)
@@ -66,19 +83,18 @@ def gspo_config(checkpoint, tmp_path, **kw):
         prompts=str(prompts),
         image_root=str(tmp_path / "images"),
         out_dir=str(tmp_path / "run"),
-        rollout_n=4,
+        sampling={"n": 4, "max_new_tokens": 6},
         prompts_per_step=4,
         mini_batch_prompts=2,
-        max_new_tokens=6,
         max_tiles=4,
-        lr=1e-3,
+        optim={"lr": 1e-3},
         rewards=EASY,
         correct=[CorrectRule(EASY[0].name, 0.5)],
         clip_low=0.2,
         clip_high=0.2,
         reward_timeout_s=30.0,
     )
-    return GSPOConfig(**{**base, **kw})
+    return build(GSPOConfig, base, **kw)
 
 
 def write_prompts(directory, n=4):

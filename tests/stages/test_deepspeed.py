@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("deepspeed")
 
 import torch.multiprocessing as mp  # noqa: E402
-from stages.conftest import multi_rank_mpo_settings  # noqa: E402
+from stages.conftest import build, multi_rank_mpo_settings  # noqa: E402
 from stages.ddp_worker import CRASH_EXIT_CODE, deepspeed_env, launch, mpo_rank_main  # noqa: E402
 
 from cascade_rl.models import load_policy  # noqa: E402
@@ -38,11 +38,13 @@ def assert_same_weights(dir_one, dir_two):
 @pytest.mark.slow
 @pytest.mark.parametrize("ds_config", [ZERO2, ZERO3], ids=["zero2", "zero3"])
 def test_mpo_under_deepspeed_with_accumulation_matches_one_process(tiny_checkpoint, pairs_file, tmp_path, ds_config):
-    common = multi_rank_mpo_settings(tiny_checkpoint, pairs_file, max_steps=1, per_device_batch=1, grad_accum=2)
+    common = multi_rank_mpo_settings(
+        tiny_checkpoint, pairs_file, optim={"max_steps": 1, "per_device_batch": 1, "grad_accum": 2}
+    )
     # The same global batch of 4 pairs in 2 micro-steps: one process scores pairs (2m, 2m + 1) in micro-step m, the
     # two DeepSpeed ranks one each (`micro_batch`), so δ sees the same all-reduced batches in the same order.
-    run_mpo(MPOConfig(**{**common, "per_device_batch": 2}, out_dir=str(tmp_path / "one")))
-    ds = MPOConfig(**common, out_dir=str(tmp_path / "ds"))
+    run_mpo(build(MPOConfig, common, optim={"per_device_batch": 2}, out_dir=str(tmp_path / "one")))
+    ds = build(MPOConfig, common, out_dir=str(tmp_path / "ds"))
     launch(mpo_rank_main, (2, free_port(), ds, deepspeed_env(ds_config)))
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "ds" / "metrics.jsonl")
     assert len(one) == len(two) == 1
@@ -55,10 +57,10 @@ def test_mpo_under_deepspeed_with_accumulation_matches_one_process(tiny_checkpoi
 @pytest.mark.slow
 @pytest.mark.parametrize("ds_config", [ZERO2, ZERO3], ids=["zero2", "zero3"])
 def test_mpo_under_deepspeed_resumes_the_uninterrupted_trajectory(tiny_checkpoint, pairs_file, tmp_path, ds_config):
-    common = multi_rank_mpo_settings(tiny_checkpoint, pairs_file, max_steps=3, per_device_batch=1)
+    common = multi_rank_mpo_settings(tiny_checkpoint, pairs_file, optim={"max_steps": 3, "per_device_batch": 1})
 
     def run(out, crash_after_step=0):
-        cfg = MPOConfig(**common, out_dir=str(out), save_steps=1)
+        cfg = build(MPOConfig, common, out_dir=str(out), save_steps=1)
         launch(mpo_rank_main, (2, free_port(), cfg, deepspeed_env(ds_config), crash_after_step))
 
     run(tmp_path / "straight")
@@ -86,16 +88,13 @@ def test_sft_under_zero2_with_accumulation_matches_one_process(tiny_checkpoint, 
         model_path=str(tiny_checkpoint),
         data=str(summary["path"]),
         image_root=str(tmp_path / "data"),
-        lr=1e-3,
-        warmup_ratio=0.0,
+        optim={"lr": 1e-3, "warmup_ratio": 0.0, "max_steps": 2, "grad_accum": 2},
         max_tiles=1,
-        max_steps=2,
-        grad_accum=2,
     )
     # Global batch 4 per step: one process 2 rows × 2 micro-steps, two ranks 1 row × 2 micro-steps. Replies differ
     # in length (count ~8 tokens, locate ~28): the loss is the global token mean either way.
-    run_sft(SFTConfig(**common, per_device_batch=2, out_dir=str(tmp_path / "one")))
-    ds = SFTConfig(**common, per_device_batch=1, out_dir=str(tmp_path / "ds"))
+    run_sft(build(SFTConfig, common, optim={"per_device_batch": 2}, out_dir=str(tmp_path / "one")))
+    ds = build(SFTConfig, common, optim={"per_device_batch": 1}, out_dir=str(tmp_path / "ds"))
     launch(sft_rank_main, (2, free_port(), ds, deepspeed_env(ZERO2)))
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "ds" / "metrics.jsonl")
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-5)
@@ -109,9 +108,11 @@ def test_mpo_under_zero3_with_text_only_pairs_matches_one_process(tiny_checkpoin
     # Pairs 1 and 2 have no image: in each micro-step one rank scores an image pair while the other scores a
     # text-only one, and the ranks still make the same module calls (the vision tower runs idle on a blank tile).
     pairs = write_pairs(tmp_path, text_only=(1, 2))
-    common = multi_rank_mpo_settings(tiny_checkpoint, pairs, max_steps=1, per_device_batch=1, grad_accum=2)
-    run_mpo(MPOConfig(**{**common, "per_device_batch": 2}, out_dir=str(tmp_path / "one")))
-    ds = MPOConfig(**common, out_dir=str(tmp_path / "ds"))
+    common = multi_rank_mpo_settings(
+        tiny_checkpoint, pairs, optim={"max_steps": 1, "per_device_batch": 1, "grad_accum": 2}
+    )
+    run_mpo(build(MPOConfig, common, optim={"per_device_batch": 2}, out_dir=str(tmp_path / "one")))
+    ds = build(MPOConfig, common, out_dir=str(tmp_path / "ds"))
     launch(mpo_rank_main, (2, free_port(), ds, deepspeed_env(ZERO3)), timeout_s=120)
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "ds" / "metrics.jsonl")
     assert two[0]["delta"] == pytest.approx(one[0]["delta"], rel=1e-5, abs=1e-7)

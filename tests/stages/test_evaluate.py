@@ -1,13 +1,15 @@
 """Evaluation: scripted completions with hand-derived numbers, the grading rule, and greedy runs of the tiny model."""
 
 import json
+from dataclasses import replace
 
 import pytest
+from stages.conftest import build
 from synthetic import shapes_image
 
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, grade
 from cascade_rl.rollout import Rollout
-from cascade_rl.stages.eval import EvalConfig, run_eval
+from cascade_rl.stages.eval import EVAL_SAMPLING, EvalConfig, run_eval
 
 RULES = [CorrectRule("math", 1.0), CorrectRule("iou", 0.5)]
 REWARDS = [RewardSpec("math"), RewardSpec("iou")]
@@ -60,7 +62,7 @@ def eval_config(path, directory, **kw):
         correct=RULES,
         prompts_per_batch=2,
     )
-    return EvalConfig(**{**base, **kw})
+    return build(EvalConfig, base, **kw)
 
 
 def test_scripted_completions_give_the_hand_derived_numbers(tmp_path):
@@ -86,7 +88,9 @@ def test_scripted_completions_give_the_hand_derived_numbers(tmp_path):
 
 def test_n_samples_per_prompt_are_each_graded(tmp_path):
     path, texts = write_prompts(tmp_path, CASES[:2])
-    summary = run_eval(eval_config(path, tmp_path, n=3, temperature=1.0), engine=ScriptedEngine(texts))
+    summary = run_eval(
+        eval_config(path, tmp_path, sampling={"n": 3, "temperature": 1.0}), engine=ScriptedEngine(texts)
+    )
     assert (summary["n"], summary["prompts"], summary["accuracy"]) == (6, 2, 1.0)
 
 
@@ -101,14 +105,18 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match=r"not among rewards \['math'\]"):
         EvalConfig(model_path="m", prompts="p.jsonl", correct=RULES)
     with pytest.raises(ValueError, match="greedy samples would all be identical"):
-        EvalConfig(model_path="m", prompts="p.jsonl", n=4)
+        EvalConfig(model_path="m", prompts="p.jsonl", sampling=replace(EVAL_SAMPLING, n=4))
 
 
 def test_greedy_evaluation_of_the_tiny_model_is_repeatable(tiny_checkpoint, tmp_path):
     path, _ = write_prompts(tmp_path, CASES[:3])
-    first = run_eval(eval_config(path, tmp_path, model_path=str(tiny_checkpoint), max_new_tokens=6, max_tiles=1))
+    first = run_eval(
+        eval_config(path, tmp_path, model_path=str(tiny_checkpoint), sampling={"max_new_tokens": 6}, max_tiles=1)
+    )
     samples = open(tmp_path / "out" / "eval.samples.jsonl").read()
-    again = run_eval(eval_config(path, tmp_path, model_path=str(tiny_checkpoint), max_new_tokens=6, max_tiles=1))
+    again = run_eval(
+        eval_config(path, tmp_path, model_path=str(tiny_checkpoint), sampling={"max_new_tokens": 6}, max_tiles=1)
+    )
     assert open(tmp_path / "out" / "eval.samples.jsonl").read() == samples
     assert again["accuracy"] == first["accuracy"] and first["n"] == 3
     # A random model does not close its answer in 6 tokens, so every completion hits the length limit.

@@ -17,7 +17,7 @@ from cascade_rl.train.metrics import read_metrics
 
 def test_one_step_updates_the_policy_and_logs_the_metrics(tiny_checkpoint, tmp_path):
     with pytest.warns(UserWarning, match="clip"):
-        cfg = config(tiny_checkpoint, tmp_path, max_steps=1, log_with=["tensorboard"])
+        cfg = config(tiny_checkpoint, tmp_path, optim={"max_steps": 1}, log_with=["tensorboard"])
     summary = run_gspo(cfg)
     (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
     board = EventAccumulator(str(tmp_path / "run" / "trackers" / "cascade_rl_gspo"))
@@ -84,10 +84,8 @@ def test_mean_reward_rises_on_an_easy_task(tiny_checkpoint, tmp_path):
     cfg = config(
         tiny_checkpoint,
         tmp_path,
-        max_steps=10,
-        epochs=10,
-        rollout_n=8,
-        lr=1e-2,
+        optim={"max_steps": 10, "epochs": 10, "lr": 1e-2},
+        sampling={"n": 8},
         seed=1,
         rewards=vowels,
         correct=[CorrectRule(vowels[0].name, 0.5)],
@@ -98,7 +96,7 @@ def test_mean_reward_rises_on_an_easy_task(tiny_checkpoint, tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_checkpoint, tmp_path, monkeypatch):
-    run_gspo(config(tiny_checkpoint, tmp_path / "a", max_steps=3))
+    run_gspo(config(tiny_checkpoint, tmp_path / "a", optim={"max_steps": 3}))
     expected = read_metrics(tmp_path / "a" / "run" / "metrics.jsonl")
     from cascade_rl.train import metrics as metrics_module
 
@@ -112,9 +110,9 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_checkpoint, tmp_path, monk
 
     monkeypatch.setattr(metrics_module.MetricsLog, "log", crash_at_2)
     with pytest.raises(KeyboardInterrupt):
-        run_gspo(config(tiny_checkpoint, tmp_path / "b", max_steps=3))
+        run_gspo(config(tiny_checkpoint, tmp_path / "b", optim={"max_steps": 3}))
     monkeypatch.setattr(metrics_module.MetricsLog, "log", original)
-    run_gspo(config(tiny_checkpoint, tmp_path / "b", max_steps=3))
+    run_gspo(config(tiny_checkpoint, tmp_path / "b", optim={"max_steps": 3}))
     got = {r["step"]: r for r in read_metrics(tmp_path / "b" / "run" / "metrics.jsonl")}
     for row in expected:
         for key in ("reward_mean", "loss", "ratio_mean", "grad_norm"):
@@ -124,8 +122,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_checkpoint, tmp_path, monk
 def test_gspo_refuses_token_sum_with_the_reason(tmp_path):
     with pytest.raises(ConfigError, match="token-sum"):
         load_config(GSPOConfig, {"model_path": "m", "prompts": "p", "aggregation": "token-sum"})
-    with pytest.raises(ConfigError, match="rollout_n must be at least 2"):
-        load_config(GSPOConfig, {"model_path": "m", "prompts": "p", "rollout_n": 1})
+    with pytest.raises(ConfigError, match="sampling.n must be at least 2"):
+        load_config(GSPOConfig, {"model_path": "m", "prompts": "p", "sampling": {"n": 1}})
 
 
 def test_advantage_scale_none_gives_the_unscaled_advantages(tiny_checkpoint, tmp_path):
@@ -176,7 +174,7 @@ def test_dedicated_server_mode_pushes_weights_every_step(tiny_checkpoint, tmp_pa
         cfg = config(
             tiny_checkpoint,
             tmp_path,
-            max_steps=2,
+            optim={"max_steps": 2},
             engine="hf-server",
             server_urls=[server.url],
             weight_transport=transport,

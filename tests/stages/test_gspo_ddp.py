@@ -24,7 +24,9 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tiny_checkpoint, tmp_path):
     # One mini-batch per step (mini_batch_prompts = prompts_per_step), so both runs update on the same 4 groups.
-    settings = dict(max_steps=2, prompts_per_step=4, mini_batch_prompts=4, drop_zero_variance=False, save_steps=0)
+    settings = dict(
+        optim={"max_steps": 2}, prompts_per_step=4, mini_batch_prompts=4, drop_zero_variance=False, save_steps=0
+    )
     one = config(tiny_checkpoint, tmp_path / "one", **settings)
     two = config(tiny_checkpoint, tmp_path / "two", **settings)
     run_gspo(one)

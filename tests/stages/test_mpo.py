@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from stages.conftest import build
 from synthetic import shapes_image
 
 from cascade_rl.data import DataError, row_from_record
@@ -26,17 +27,14 @@ def config(tiny_checkpoint, pairs_file, out, **kw):
         pairs=str(path),
         image_root=str(images),
         out_dir=str(out),
-        lr=1e-3,
-        warmup_ratio=0.0,
+        optim={"lr": 1e-3, "warmup_ratio": 0.0, "per_device_batch": 2, "grad_accum": 1},
         max_tiles=4,
-        per_device_batch=2,
-        grad_accum=1,
     )
-    return MPOConfig(**{**base, **kw})
+    return build(MPOConfig, base, **kw)
 
 
 def test_first_step_losses_and_a_loadable_checkpoint(tiny_checkpoint, pairs_file, tmp_path):
-    summary = run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "run", max_steps=3))
+    summary = run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "run", optim={"max_steps": 3}))
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
     first = rows[0]
@@ -54,11 +52,15 @@ def test_first_step_losses_and_a_loadable_checkpoint(tiny_checkpoint, pairs_file
 
 
 def test_resume_reproduces_the_uninterrupted_trajectory(tiny_checkpoint, pairs_file, tmp_path, monkeypatch):
-    straight = config(tiny_checkpoint, pairs_file, tmp_path / "straight", max_steps=3, per_device_batch=1)
+    straight = config(
+        tiny_checkpoint, pairs_file, tmp_path / "straight", optim={"max_steps": 3, "per_device_batch": 1}
+    )
     run_mpo(straight)
     expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
 
-    crashing = config(tiny_checkpoint, pairs_file, tmp_path / "crash", max_steps=3, per_device_batch=1, save_steps=1)
+    crashing = config(
+        tiny_checkpoint, pairs_file, tmp_path / "crash", save_steps=1, optim={"max_steps": 3, "per_device_batch": 1}
+    )
     from cascade_rl.train import metrics as metrics_module
 
     original = metrics_module.MetricsLog.log
@@ -83,7 +85,7 @@ def test_resume_reproduces_the_uninterrupted_trajectory(tiny_checkpoint, pairs_f
 
 
 def test_reference_cache_is_reused(tiny_checkpoint, pairs_file, tmp_path, monkeypatch):
-    cfg = config(tiny_checkpoint, pairs_file, tmp_path / "run", max_steps=1)
+    cfg = config(tiny_checkpoint, pairs_file, tmp_path / "run", optim={"max_steps": 1})
     run_mpo(cfg)
     caches = list((tmp_path / "run").glob("reference_logps-*.pt"))
     assert len(caches) == 1
@@ -98,8 +100,8 @@ def test_reference_cache_is_reused(tiny_checkpoint, pairs_file, tmp_path, monkey
 
 
 def test_live_reference_trains_like_precomputed(tiny_checkpoint, pairs_file, tmp_path):
-    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "pre", max_steps=2))
-    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "live", max_steps=2, reference="live"))
+    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "pre", optim={"max_steps": 2}))
+    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "live", reference="live", optim={"max_steps": 2}))
     pre, live = read_metrics(tmp_path / "pre" / "metrics.jsonl"), read_metrics(tmp_path / "live" / "metrics.jsonl")
     for a, b in zip(pre, live):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
@@ -109,23 +111,32 @@ def test_overlong_pairs_are_dropped_and_counted_or_refused(tiny_checkpoint, pair
     # Odd rows have 128×64 images: 2 tiles + thumbnail = 48 image tokens, plus <img>, </img> and the chat
     # scaffolding (≥ 14 tokens), so their prompts alone exceed 64. Even rows (64×64, 1 tile = 16 image tokens)
     # total at most 62 tokens with their longest completion.
-    summary = run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "drop", max_steps=1, max_length=64))
+    summary = run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "drop", max_length=64, optim={"max_steps": 1}))
     assert summary["pairs"]["dropped_overlong"] == 3 and summary["pairs"]["kept"] == 3
     with pytest.raises(DataError, match=r"pairs.jsonl line 2: pair is \d+ tokens, over max_length=64"):
         run_mpo(
-            config(tiny_checkpoint, pairs_file, tmp_path / "raise", max_steps=1, max_length=64, on_overlong="raise")
+            config(
+                tiny_checkpoint,
+                pairs_file,
+                tmp_path / "raise",
+                max_length=64,
+                on_overlong="raise",
+                optim={"max_steps": 1},
+            )
         )
 
 
 def test_frozen_vision_stays_put(tiny_checkpoint, pairs_file, tmp_path):
-    summary = run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "run", max_steps=2, freeze_vision=True))
+    summary = run_mpo(
+        config(tiny_checkpoint, pairs_file, tmp_path / "run", freeze_vision=True, optim={"max_steps": 2})
+    )
     trained, start = load_policy(summary["final"])[0], load_policy(tiny_checkpoint)[0]
     for (name, a), b in zip(trained.state_dict().items(), start.state_dict().values()):
         assert torch.equal(a, b) == ("vision_tower" in name), name
 
 
 def test_lora_checkpoint_is_merged_plain_weights(tiny_checkpoint, pairs_file, tmp_path):
-    summary = run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "run", max_steps=2, lora_rank=4))
+    summary = run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "run", lora_rank=4, optim={"max_steps": 2}))
     trained, start = load_policy(summary["final"])[0], load_policy(tiny_checkpoint)[0]
     assert trained.state_dict().keys() == start.state_dict().keys()  # no lora_ keys left
     changed = {
@@ -140,7 +151,7 @@ def test_cli_runs_mpo_from_yaml_with_overrides(tiny_checkpoint, pairs_file, tmp_
     path, images = pairs_file
     recipe = tmp_path / "mpo.yaml"
     recipe.write_text(f"model_path: {tiny_checkpoint}\npairs: {path}\nimage_root: {images}\nmax_tiles: 4\n")
-    assert main(["mpo", str(recipe), f"out_dir={tmp_path / 'run'}", "max_steps=1", "lr=1e-3"]) == 0
+    assert main(["mpo", str(recipe), f"out_dir={tmp_path / 'run'}", "optim.max_steps=1", "optim.lr=1e-3"]) == 0
     assert '"steps_run": 1' in capsys.readouterr().out
     assert main(["mpo", str(recipe), "betta=0.2"]) == 2
     assert "unknown key 'betta'" in capsys.readouterr().err
@@ -201,7 +212,14 @@ def test_loaded_pairs_hold_no_pixels_and_encode_like_the_eager_path(tiny_checkpo
 
 
 def test_lazy_pairs_train_like_pairs_encoded_up_front(tiny_checkpoint, pairs_file, tmp_path, monkeypatch):
-    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "lazy", max_steps=2, per_device_batch=1, grad_accum=2))
+    run_mpo(
+        config(
+            tiny_checkpoint,
+            pairs_file,
+            tmp_path / "lazy",
+            optim={"max_steps": 2, "per_device_batch": 1, "grad_accum": 2},
+        )
+    )
     from cascade_rl.stages import mpo as mpo_module
 
     def load_eagerly(path, processor, *, max_tiles, **_):
@@ -209,7 +227,14 @@ def test_lazy_pairs_train_like_pairs_encoded_up_front(tiny_checkpoint, pairs_fil
         return pairs, PairFileSummary(rows=len(pairs), kept=len(pairs))
 
     monkeypatch.setattr(mpo_module, "load_pairs", load_eagerly)
-    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "eager", max_steps=2, per_device_batch=1, grad_accum=2))
+    run_mpo(
+        config(
+            tiny_checkpoint,
+            pairs_file,
+            tmp_path / "eager",
+            optim={"max_steps": 2, "per_device_batch": 1, "grad_accum": 2},
+        )
+    )
     lazy, eager = read_metrics(tmp_path / "lazy" / "metrics.jsonl"), read_metrics(tmp_path / "eager" / "metrics.jsonl")
     assert len(lazy) == len(eager) == 2
     for a, b in zip(lazy, eager):
@@ -248,7 +273,7 @@ def test_metrics_reach_tensorboard_and_offline_wandb(tiny_checkpoint, pairs_file
     monkeypatch.setenv("WANDB_MODE", "offline")  # offline-capable: nothing leaves the machine
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    run_mpo(config(tiny_checkpoint, pairs_file, out, max_steps=2, log_with=["tensorboard", "wandb"]))
+    run_mpo(config(tiny_checkpoint, pairs_file, out, log_with=["tensorboard", "wandb"], optim={"max_steps": 2}))
     logged = read_metrics(out / "metrics.jsonl")
     events = list((out / "trackers" / "cascade_rl_mpo").glob("events.out.tfevents.*"))  # hparams go one level down
     assert len(events) == 1, events
@@ -269,7 +294,7 @@ def test_bf16_autocast_tracks_fp32(tiny_checkpoint, pairs_file, tmp_path):
     runs = {}
     for precision in ("no", "bf16"):
         out = tmp_path / precision
-        run_mpo(config(tiny_checkpoint, pairs_file, out, max_steps=3, mixed_precision=precision))
+        run_mpo(config(tiny_checkpoint, pairs_file, out, optim={"max_steps": 3, "mixed_precision": precision}))
         runs[precision] = read_metrics(out / "metrics.jsonl")
     for fp32, bf16 in zip(runs["no"], runs["bf16"]):
         for key in ("loss", "dpo_loss", "lm_loss", "grad_norm"):

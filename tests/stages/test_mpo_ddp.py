@@ -4,7 +4,7 @@ import socket
 
 import pytest
 import torch
-from stages.conftest import multi_rank_mpo_settings
+from stages.conftest import build, multi_rank_mpo_settings
 from stages.ddp_worker import launch, mpo_rank_main
 
 from cascade_rl.models import load_policy
@@ -20,12 +20,12 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tiny_checkpoint, pairs_file, tmp_path):
-    common = multi_rank_mpo_settings(tiny_checkpoint, pairs_file, max_steps=2)
+    common = multi_rank_mpo_settings(tiny_checkpoint, pairs_file, optim={"max_steps": 2})
     # One process, 2 pairs per micro-batch; two processes, 1 pair each: the same global batch of 2.
     # Chosen completions all have 13 tokens, so the LM token mean of one micro-batch of 2 equals the mean of
     # the two ranks' means (DDP averages gradients).
-    run_mpo(MPOConfig(**common, out_dir=str(tmp_path / "one"), per_device_batch=2))
-    ddp = MPOConfig(**common, out_dir=str(tmp_path / "two"), per_device_batch=1)
+    run_mpo(build(MPOConfig, common, out_dir=str(tmp_path / "one"), optim={"per_device_batch": 2}))
+    ddp = build(MPOConfig, common, out_dir=str(tmp_path / "two"), optim={"per_device_batch": 1})
     launch(mpo_rank_main, (2, free_port(), ddp))
 
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")

@@ -1,6 +1,7 @@
 """Offline stage end to end on the tiny InternVL: rollout → score → store → ledger → pairs → filter; resume."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from stages.conftest import write_prompts
@@ -11,7 +12,7 @@ from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rollout import Rollout
 from cascade_rl.stages.filter import FilterStageConfig, run_filter
 from cascade_rl.stages.pairs import PairsStageConfig, run_pairs
-from cascade_rl.stages.rollout import RolloutStageConfig, SamplingConfig, run_rollouts
+from cascade_rl.stages.rollout import ROLLOUT_SAMPLING, RolloutStageConfig, run_rollouts
 
 
 class ScriptedEngine:
@@ -39,7 +40,7 @@ def config(tmp_path, prompts, **kw):
         image_root=str(prompts.parent / "images"),
         out_dir=str(tmp_path / "offline"),
         prompts_per_batch=2,
-        sampling=SamplingConfig(n=4),
+        sampling=replace(ROLLOUT_SAMPLING, n=4),
         **kw,
     )
 

@@ -1,14 +1,16 @@
 """SFT stage driven as a user would: a checkpoint directory and a jsonl of (image, question, response) rows."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+from stages.conftest import build
 
 from cascade_rl.data import DataError, load_images, read_prompts
 from cascade_rl.data_tools.synthetic import write_synthetic_dataset
 from cascade_rl.models import encode_chat, load_policy
-from cascade_rl.stages.sft import SFTConfig, run_sft
+from cascade_rl.stages.sft import SFT_OPTIM, SFTConfig, run_sft
 from cascade_rl.train.metrics import read_metrics
 
 
@@ -27,13 +29,10 @@ def config(checkpoint, data, out, **kw):
         data=str(path),
         image_root=str(root),
         out_dir=str(out),
-        lr=1e-3,
-        warmup_ratio=0.0,
+        optim={"lr": 1e-3, "warmup_ratio": 0.0, "per_device_batch": 4, "grad_accum": 1},
         max_tiles=1,
-        per_device_batch=4,
-        grad_accum=1,
     )
-    return SFTConfig(**{**base, **kw})
+    return build(SFTConfig, base, **kw)
 
 
 def reference_step_one_loss(checkpoint, data) -> tuple[float, int]:
@@ -60,7 +59,7 @@ def reference_step_one_loss(checkpoint, data) -> tuple[float, int]:
 
 
 def test_first_step_is_the_assistant_token_mean_nll(tiny_checkpoint, shapes, tmp_path):
-    run_sft(config(tiny_checkpoint, shapes, tmp_path / "run", max_steps=1, per_device_batch=8))
+    run_sft(config(tiny_checkpoint, shapes, tmp_path / "run", optim={"max_steps": 1, "per_device_batch": 8}))
     first = read_metrics(tmp_path / "run" / "metrics.jsonl")[0]
     expected, count = reference_step_one_loss(tiny_checkpoint, shapes)
     assert first["trained_tokens"] == count  # only reply + <|im_end|> tokens are trained
@@ -69,7 +68,7 @@ def test_first_step_is_the_assistant_token_mean_nll(tiny_checkpoint, shapes, tmp
 
 
 def test_loss_falls_and_the_checkpoint_loads(tiny_checkpoint, shapes, tmp_path):
-    summary = run_sft(config(tiny_checkpoint, shapes, tmp_path / "run", max_steps=6))
+    summary = run_sft(config(tiny_checkpoint, shapes, tmp_path / "run", optim={"max_steps": 6}))
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     # max_steps overrides epochs: 6 steps × 4 rows = 3 passes over 8 rows.
@@ -86,17 +85,23 @@ def test_accumulation_trains_like_a_bigger_batch(tiny_checkpoint, shapes, tmp_pa
     runs = {}
     for batch, accum in ((4, 1), (2, 2), (1, 4)):
         out = tmp_path / f"b{batch}"
-        run_sft(config(tiny_checkpoint, shapes, out, max_steps=3, per_device_batch=batch, grad_accum=accum))
+        run_sft(
+            config(
+                tiny_checkpoint, shapes, out, optim={"max_steps": 3, "per_device_batch": batch, "grad_accum": accum}
+            )
+        )
         runs[batch] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
     assert runs[2] == pytest.approx(runs[4], rel=1e-4)
     assert runs[1] == pytest.approx(runs[4], rel=1e-4)
 
 
 def test_resume_reproduces_the_uninterrupted_trajectory(tiny_checkpoint, shapes, tmp_path, monkeypatch):
-    run_sft(config(tiny_checkpoint, shapes, tmp_path / "straight", max_steps=4, per_device_batch=2))
+    run_sft(config(tiny_checkpoint, shapes, tmp_path / "straight", optim={"max_steps": 4, "per_device_batch": 2}))
     expected = read_metrics(tmp_path / "straight" / "metrics.jsonl")
 
-    crashing = config(tiny_checkpoint, shapes, tmp_path / "crash", max_steps=4, per_device_batch=2, save_steps=1)
+    crashing = config(
+        tiny_checkpoint, shapes, tmp_path / "crash", save_steps=1, optim={"max_steps": 4, "per_device_batch": 2}
+    )
     from cascade_rl.train import metrics as metrics_module
 
     original = metrics_module.MetricsLog.log
@@ -143,10 +148,14 @@ def test_overlong_rows_are_dropped_and_counted_or_refused(tiny_checkpoint, shape
     lengths = encoded_lengths(tiny_checkpoint, shapes)
     over = [i for i, n in enumerate(lengths) if n > 60]
     assert over == [1, 3, 5, 7]
-    summary = run_sft(config(tiny_checkpoint, shapes, tmp_path / "drop", max_steps=1, max_length=60))
+    summary = run_sft(config(tiny_checkpoint, shapes, tmp_path / "drop", max_length=60, optim={"max_steps": 1}))
     assert summary["rows"]["dropped_overlong"] == 4 and summary["rows"]["kept"] == 4
     with pytest.raises(DataError, match=r"train.jsonl line 2: row is \d+ tokens, over max_length=60"):
-        run_sft(config(tiny_checkpoint, shapes, tmp_path / "raise", max_steps=1, max_length=60, on_overlong="raise"))
+        run_sft(
+            config(
+                tiny_checkpoint, shapes, tmp_path / "raise", max_length=60, on_overlong="raise", optim={"max_steps": 1}
+            )
+        )
 
 
 def test_a_row_without_response_is_refused_with_its_line(tiny_checkpoint, shapes, tmp_path):
@@ -155,11 +164,11 @@ def test_a_row_without_response_is_refused_with_its_line(tiny_checkpoint, shapes
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines[:2] + [lines[2].replace('"response"', '"reply"')]) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl line 3: missing or empty 'response'"):
-        run_sft(config(tiny_checkpoint, (bad, root), tmp_path / "run", max_steps=1))
+        run_sft(config(tiny_checkpoint, (bad, root), tmp_path / "run", optim={"max_steps": 1}))
 
 
 def test_frozen_vision_stays_put(tiny_checkpoint, shapes, tmp_path):
-    summary = run_sft(config(tiny_checkpoint, shapes, tmp_path / "run", max_steps=2, freeze_vision=True))
+    summary = run_sft(config(tiny_checkpoint, shapes, tmp_path / "run", freeze_vision=True, optim={"max_steps": 2}))
     trained, start = load_policy(summary["final"])[0], load_policy(tiny_checkpoint)[0]
     for (name, a), b in zip(trained.state_dict().items(), start.state_dict().values()):
         assert torch.equal(a, b) == ("vision_tower" in name), name
@@ -182,11 +191,11 @@ def test_two_gloo_ranks_match_one_process(tiny_checkpoint, shapes, tmp_path):
     # One process with 4 rows per step; two ranks with 2 rows each: the same global batch. Count replies are 8
     # tokens and locate replies ~28, so rank-local token means averaged by DDP would differ from the global mean;
     # normalising by the global token count makes the two runs equal.
-    run_sft(config(tiny_checkpoint, shapes, tmp_path / "one", max_steps=2, per_device_batch=4))
+    run_sft(config(tiny_checkpoint, shapes, tmp_path / "one", optim={"max_steps": 2, "per_device_batch": 4}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ddp = config(tiny_checkpoint, shapes, tmp_path / "two", max_steps=2, per_device_batch=2)
+    ddp = config(tiny_checkpoint, shapes, tmp_path / "two", optim={"max_steps": 2, "per_device_batch": 2})
     launch(sft_rank_main, (2, port, ddp))
     one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert [r["trained_tokens"] for r in two] == [r["trained_tokens"] for r in one]
@@ -217,13 +226,13 @@ def best_blind_accuracy(path) -> float:
 @pytest.mark.slow  # ≈ 15 s on 2 idle cores (400 steps at ≈ 30 steps/s, two evaluations of 100 prompts)
 def test_sft_learns_to_count_shapes_on_held_out_images(tiny_checkpoint, tmp_path):
     from cascade_rl.rewards.scoring import RewardSpec
-    from cascade_rl.stages.eval import CorrectRule, EvalConfig, run_eval
+    from cascade_rl.stages.eval import EVAL_SAMPLING, CorrectRule, EvalConfig, run_eval
 
     train = write_synthetic_dataset(tmp_path / "data", 2000, seed=1, split_name="train", **LEARNABLE)
     test = write_synthetic_dataset(tmp_path / "data", 100, seed=2, split_name="test", **LEARNABLE)
 
     def accuracy(checkpoint, name):
-        settings = dict(rewards=[RewardSpec("math")], correct=[CorrectRule("math", 1.0)], max_new_tokens=10)
+        settings = dict(rewards=[RewardSpec("math")], correct=[CorrectRule("math", 1.0)])
         out = str(tmp_path / f"{name}.json")
         return run_eval(
             EvalConfig(
@@ -232,6 +241,7 @@ def test_sft_learns_to_count_shapes_on_held_out_images(tiny_checkpoint, tmp_path
                 image_root=test["image_root"],
                 out=out,
                 max_tiles=1,
+                sampling=replace(EVAL_SAMPLING, max_new_tokens=10),
                 **settings,
             )
         )["accuracy"]
@@ -242,11 +252,7 @@ def test_sft_learns_to_count_shapes_on_held_out_images(tiny_checkpoint, tmp_path
         data=train["path"],
         image_root=train["image_root"],
         out_dir=str(tmp_path / "sft"),
-        lr=3e-3,
-        warmup_ratio=0.05,
-        weight_decay=0.0,
-        max_steps=400,
-        per_device_batch=16,
+        optim=replace(SFT_OPTIM, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0, max_steps=400, per_device_batch=16),
         max_tiles=1,
     )
     summary = run_sft(sft)

@@ -37,9 +37,8 @@ def causal_checkpoint(tmp_path_factory):
     return save_policy(model, tokenizer, tmp_path_factory.mktemp("hd32_causal"))
 
 
-def make_engine(checkpoint, **settings):
-    from cascade_rl.models.io import load_processor
-    from cascade_rl.rollout.vllm import VLLMEngine
+def make_vllm_engine(checkpoint, **settings):
+    from cascade_rl.rollout.factory import make_engine
     from cascade_rl.rollout.vllm_support import VLLMSettings
 
     # dtype float32: the trainer side of the comparisons is fp32 (vLLM on the CPU turns "auto" into bfloat16).
@@ -50,18 +49,18 @@ def make_engine(checkpoint, **settings):
         "max_model_len": 1024,
         **settings,
     }
-    return VLLMEngine(str(checkpoint), load_processor(checkpoint), max_tiles=4, settings=VLLMSettings(**settings))
+    return make_engine("vllm", str(checkpoint), max_tiles=4, vllm=VLLMSettings(**settings))
 
 
 @pytest.fixture(scope="session")
 def internvl_engine(hd32_checkpoint):
-    engine = make_engine(hd32_checkpoint)
+    engine = make_vllm_engine(hd32_checkpoint)
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="session")
 def causal_engine(causal_checkpoint):
-    engine = make_engine(causal_checkpoint)
+    engine = make_vllm_engine(causal_checkpoint)
     yield engine
     engine.close()

@@ -101,7 +101,7 @@ def test_gspo_against_two_vllm_servers_pushes_weights_both_decode_like_the_train
 
     monkeypatch.setattr(VLLMServerEngine, "update_weights", push_then_check)
     urls = [s.url for s in servers]
-    config = gspo_config(hd32_checkpoint, tmp_path, engine="server", server_urls=urls, max_steps=2, seed=3)
+    config = gspo_config(hd32_checkpoint, tmp_path, engine="server", server_urls=urls, optim={"max_steps": 2}, seed=3)
     summary = run_gspo(config)
     assert pushed == [1, 2]
     assert [url for url, _ in checks] == urls * 2
@@ -117,7 +117,7 @@ def test_a_server_killed_mid_run_is_named_and_a_rerun_after_restart_resumes(
 ):
     victim = servers[1]
     urls = [s.url for s in servers]
-    settings = dict(engine="server", server_urls=urls, max_steps=2, seed=4, save_steps=1)
+    settings = dict(engine="server", server_urls=urls, optim={"max_steps": 2}, seed=4, save_steps=1)
     settings.update(server_timeout_s=SERVER_TIMEOUT_S, server_retries=SERVER_RETRIES)
     original = VLLMServerEngine.update_weights
     killed_at = []

@@ -49,7 +49,7 @@ def test_rollout_stage_with_vllm_stores_every_sample(hd32_checkpoint, tmp_path):
 
 
 def test_gspo_steps_with_a_colocated_vllm_engine(hd32_checkpoint, tmp_path, monkeypatch):
-    config = gspo_config(hd32_checkpoint, tmp_path, engine="vllm", vllm=VLLMSettings(**VLLM), max_steps=2)
+    config = gspo_config(hd32_checkpoint, tmp_path, engine="vllm", vllm=VLLMSettings(**VLLM), optim={"max_steps": 2})
     engine_norms = []
 
     def close_after_reading_the_norm(engine):
@@ -79,7 +79,9 @@ def test_gspo_on_two_ranks_with_an_engine_each_matches_one_process(hd32_checkpoi
     from stages.ddp_worker import gspo_rank_main, launch
     from stages.test_gspo_ddp import free_port
 
-    settings = dict(engine="vllm", vllm=VLLMSettings(**VLLM), max_steps=2, prompts_per_step=4, mini_batch_prompts=4)
+    settings = dict(
+        engine="vllm", vllm=VLLMSettings(**VLLM), optim={"max_steps": 2}, prompts_per_step=4, mini_batch_prompts=4
+    )
     one = gspo_config(hd32_checkpoint, tmp_path / "one", **settings)
     two = gspo_config(hd32_checkpoint, tmp_path / "two", **settings)
     GSPOTrainer(one).run()
