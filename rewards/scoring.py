@@ -57,7 +57,7 @@ def check_rules(rewards: list[RewardSpec], rules: list[CorrectRule]) -> None:
     names = [r.name for r in rewards]
     missing = [rule.reward for rule in rules if rule.reward not in names]
     if missing or not rules:
-        raise ValueError(f"correct rules {[r.reward for r in rules]} must name rewards among {names}")
+        raise ValueError(f"correct rules name rewards {missing or '(none)'} not among rewards {names}")
 
 
 def reward_runner(specs: list[RewardSpec], **runner_kwargs) -> RewardRunner:

@@ -108,7 +108,7 @@ def test_stage_configs_refuse_a_bad_choice_the_same_way_from_yaml_and_python():
     from cascade_rl.train.optim import OptimConfig
 
     required = {"model_path": "m", "prompts": "p"}
-    message = "engine must be one of 'hf', 'vllm', 'server'; got 'bogus'"
+    message = "engine must be one of 'hf', 'vllm', 'server', 'hf-server'; got 'bogus'"
     with pytest.raises(ConfigError, match=message):
         load_config(GSPOConfig, {**required, "engine": "bogus"})
     with pytest.raises(ValueError, match=message):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from cascade_rl.config import ConfigError, check_choices, dump_yaml, from_dict
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl
-from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, grade, reward_columns, reward_runner
+from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, grade, reward_columns, reward_runner
 from cascade_rl.rollout import Rollout, SamplingConfig
 from cascade_rl.rollout.factory import make_engine
 
@@ -58,10 +58,7 @@ class EvalConfig:
         check_choices(self)
         if not self.model_path or not self.prompts:
             raise ValueError("model_path and prompts are required")
-        names = [r.name for r in self.rewards]
-        missing = [rule.reward for rule in self.correct if rule.reward not in names]
-        if not self.correct or missing:
-            raise ValueError(f"correct rules name rewards {missing or '(none)'} not among rewards {names}")
+        check_rules(self.rewards, self.correct)
         n = self.sampling.n
         if n > 1 and self.sampling.temperature <= 0:
             raise ValueError(

@@ -41,7 +41,7 @@ from cascade_rl.train.groups import Group, compute_old_logps, make_group
 from cascade_rl.train.metrics import MetricsLog
 from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.ranks import GroupScorer, all_records, check_ranks, combine_ranks, rank_share
-from cascade_rl.train.setup import make_accelerator, make_optimizer, start_trackers
+from cascade_rl.train.setup import end_run, make_accelerator, make_optimizer, start_trackers
 from cascade_rl.train.state import load_train_state, save_train_state
 
 # InternVL3.5's released online recipe (SPEC §3): lr 1e-6 constant, no warmup, AdamW weight decay 0.01, grad clip 1.0.
@@ -350,7 +350,7 @@ class GSPOTrainer:
         acc.wait_for_everyone()
         if self.owns_engine:  # after the last barrier: a vLLM engine's shutdown tears down the process groups it
             self.engine.close()  # made or joined, and frees its device memory before the next stage starts
-        acc.end_training()
+        end_run(acc)
         return summary
 
     def _save_state(self, step: int, cursor: int) -> None:

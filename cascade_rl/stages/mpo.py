@@ -34,6 +34,7 @@ from cascade_rl.train.pair_data import PairSource, load_pairs
 from cascade_rl.train.reference import cached_reference_logps
 from cascade_rl.train.setup import (
     configure_deepspeed,
+    end_run,
     fill_deepspeed_buckets,
     global_order,
     make_accelerator,
@@ -279,5 +280,5 @@ def _finish(config, accelerator, model, processor, data_summary, trainable, step
         save_policy(merge_lora(model), processor, out / "final", state_dict=state)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()  # no rank exits (and gets the launcher to stop the others) before the save
-    accelerator.end_training()
+    end_run(accelerator)
     return summary

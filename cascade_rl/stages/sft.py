@@ -34,6 +34,7 @@ from cascade_rl.train.metrics import MetricsLog
 from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.setup import (
     configure_deepspeed,
+    end_run,
     fill_deepspeed_buckets,
     global_order,
     make_accelerator,
@@ -242,5 +243,5 @@ def _finish(config, accelerator, model, processor, data_summary, trainable, step
         save_policy(merge_lora(model), processor, out / "final")
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()  # no rank exits (and gets the launcher to stop the others) before the save
-    accelerator.end_training()
+    end_run(accelerator)
     return summary

@@ -165,3 +165,14 @@ def fill_deepspeed_buckets(accelerator: Accelerator, model) -> None:
     ):
         if zero.get(key) == "auto":
             zero[key] = value
+
+
+def end_run(accelerator: Accelerator) -> None:
+    """End a trainer's run: finish its trackers, and destroy the process group only when this is one of several
+    launched processes (what `end_training` does). A single process leaves the default group to whoever made it: an
+    in-process vLLM engine creates one of size 1 and keeps using it after this stage."""
+    if accelerator.num_processes > 1:
+        accelerator.end_training()
+        return
+    for tracker in accelerator.trackers:
+        tracker.finish()

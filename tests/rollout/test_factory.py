@@ -32,5 +32,5 @@ def test_vllm_engine_without_vllm_fails_before_reading_the_checkpoint(monkeypatc
 
 
 def test_an_unknown_kind_is_refused_with_the_valid_ones():
-    with pytest.raises(ValueError, match="engine must be one of 'hf', 'vllm', 'server'; got 'tgi'"):
+    with pytest.raises(ValueError, match="engine must be one of 'hf', 'vllm', 'server', 'hf-server'; got 'tgi'"):
         make_engine("tgi", "m")

@@ -61,7 +61,7 @@ def test_the_top_level_seed_fills_every_stage_and_a_stage_seed_wins(tmp_path):
     assert stages["mpo"].seed == 7
     assert (stages["rollout"].sampling.seed, stages["rollout"].sampling.n) == (5, 2)
     assert stages["sft"].seed == stages["pairs"].seed == stages["gspo"].seed == 3
-    assert {stages["eval"].eval_config(label).seed for label in stages["eval"].checkpoints} == {3}
+    assert {stages["eval"].eval_config(label).sampling.seed for label in stages["eval"].checkpoints} == {3}
     assert built(recipe(tmp_path))["rollout"].sampling.seed == 3
 
 

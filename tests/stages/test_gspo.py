@@ -70,7 +70,7 @@ def test_a_step_encodes_and_tiles_each_prompt_once_with_the_hf_engine(tiny_check
 
     monkeypatch.setattr(chat, "render", counted_render)
     monkeypatch.setattr(chat, "process_images", counted_tiling)
-    cfg = config(tiny_checkpoint, tmp_path, max_steps=1)
+    cfg = config(tiny_checkpoint, tmp_path, optim={"max_steps": 1})
     run_gspo(cfg)
     assert len(renders) == cfg.prompts_per_step  # one encoding per prompt
     assert len(tilings) == cfg.prompts_per_step and set(tilings.values()) == {1}  # each prompt's image tiled once
@@ -145,7 +145,7 @@ def test_advantage_scale_none_gives_the_unscaled_advantages(tiny_checkpoint, tmp
 def test_kl_penalty_and_is_correction_run_through_the_algos_functions(tiny_checkpoint, tmp_path):
     # The reference is the starting policy and the HF engine samples with the trainer's weights: the KL starts at
     # 0 (k3 ≥ 0) and stays tiny after one update; the IS weights are about 1, so the step trains normally.
-    cfg = config(tiny_checkpoint, tmp_path, max_steps=1, kl_coef=0.1, is_correction="sequence", is_cap=2.0)
+    cfg = config(tiny_checkpoint, tmp_path, optim={"max_steps": 1}, kl_coef=0.1, is_correction="sequence", is_cap=2.0)
     run_gspo(cfg)
     (row,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert 0.0 <= row["kl"] < 1e-2
