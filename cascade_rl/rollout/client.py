@@ -10,20 +10,17 @@ transfer that breaks off or times out is retried through a newly formed group.
 
 from __future__ import annotations
 
-import json
 import time
 import typing
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from cascade_rl.config import choice_error
 from cascade_rl.rollout.base import EngineUnavailable, Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES, WeightGroup, spec_of
+from cascade_rl.rollout.http import ServerCalls
 from cascade_rl.rollout.wire import request_to_json, rollout_from_json, sampling_to_json, weights_to_bytes
 
-RETRYABLE_STATUS = (502, 503, 504)
 WeightTransport = Literal["http", "nccl", "gloo"]
 
 
@@ -50,18 +47,32 @@ class ServerEngine:
     ):
         if weight_transport not in typing.get_args(WeightTransport):
             raise ValueError(choice_error("weight_transport", weight_transport, typing.get_args(WeightTransport)))
-        if retries < 1:
-            raise ValueError(f"retries counts tries and must be at least 1, got {retries}")
-        self.url = url.rstrip("/")
+        self.http = ServerCalls(
+            url,
+            timeout_s=timeout_s,
+            retries=retries,
+            backoff_s=backoff_s,
+            label="rollout server",
+            hint="is `cascade-rl serve` running there and reachable?",
+        )
+        self.url = self.http.url
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.weight_transport, self.group_host, self.group_port = weight_transport, group_host, group_port
         self.bucket_bytes = bucket_bytes
         self.group: WeightGroup | None = None
-        self.step: int | None = None  # set by the trainer, so errors can say when they happened
         self.weights_version = 0
 
+    @property
+    def step(self) -> int | None:
+        """The training step (set by the trainer), so errors can say when they happened."""
+        return self.http.step
+
+    @step.setter
+    def step(self, value: int | None) -> None:
+        self.http.step = value
+
     def health(self) -> dict:
-        return self._call("GET", "/health", None, timeout=min(self.timeout_s, 10.0))
+        return self.http.call("GET", "/health", timeout_s=min(self.timeout_s, 10.0))
 
     def wait_until_ready(self, timeout_s: float = 300.0) -> dict:
         """Poll /health until the server answers (vLLM can take minutes to start)."""
@@ -80,7 +91,7 @@ class ServerEngine:
 
     def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
         body = {"requests": [request_to_json(r) for r in requests], "n": n, "sampling": sampling_to_json(sampling)}
-        answer = self._call("POST", "/generate", json.dumps(body).encode(), timeout=self.timeout_s)
+        answer = self.http.post("/generate", body)
         return [rollout_from_json(r) for r in answer["rollouts"]]
 
     def update_weights(self, model) -> None:
@@ -88,7 +99,7 @@ class ServerEngine:
         if self.weight_transport != "http":
             return self._push_over_group(model)
         headers = {"X-Weights-Version": str(self.weights_version), "Content-Type": "application/octet-stream"}
-        self._call("POST", "/weights", weights_to_bytes(model), timeout=self.timeout_s, headers=headers)
+        self.http.call("POST", "/weights", data=weights_to_bytes(model), headers=headers)
 
     def _push_over_group(self, model) -> None:
         """Push over the group; a failed transfer re-forms the group and tries again, with backoff, `retries` times."""
@@ -118,7 +129,7 @@ class ServerEngine:
             self.group.send(named, specs, self.bucket_bytes)
         except RuntimeError as err:
             raise TransferFailed(
-                self._where("/weights/group/update")
+                self.http.where("/weights/group/update")
                 + f": the {self.weight_transport} transfer failed ({err}; timeout {self.timeout_s:g} s)"
             ) from err
         self._post_json("/weights/group/wait", {})
@@ -141,47 +152,14 @@ class ServerEngine:
                 if joined.done() and joined.exception():
                     raise joined.exception() from err
                 raise EngineUnavailable(
-                    self._where("/weights/group") + f": could not form the {self.weight_transport} group with the "
+                    self.http.where("/weights/group") + f": could not form the {self.weight_transport} group with the "
                     f"server through {self.group_host}:{group.port} ({err}); can the server reach that address?"
                 ) from err
             joined.result()
         self.group = group
 
     def _post_json(self, endpoint: str, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        return self._call("POST", endpoint, json.dumps(body).encode(), timeout=self.timeout_s, headers=headers)
+        return self.http.post(endpoint, body)
 
     def close(self) -> None:
         pass
-
-    def _call(self, method: str, endpoint: str, data: bytes | None, *, timeout: float, headers=None) -> dict:
-        last = None
-        for attempt in range(self.retries):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url + endpoint, data=data, method=method, headers=headers or {})
-            try:
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:
-                detail = _error_text(err)
-                if err.code not in RETRYABLE_STATUS:
-                    raise EngineUnavailable(self._where(endpoint) + f": server error {err.code}: {detail}") from err
-                last = f"HTTP {err.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-        raise EngineUnavailable(
-            self._where(endpoint) + f": no answer after {self.retries} tries (timeout {timeout:g} s each; last: "
-            f"{last}); is `cascade-rl serve` running there and reachable?"
-        )
-
-    def _where(self, endpoint: str) -> str:
-        step = f" at training step {self.step}" if self.step is not None else ""
-        return f"rollout server {self.url}{endpoint}{step}"
-
-
-def _error_text(err: urllib.error.HTTPError) -> str:
-    try:
-        return json.loads(err.read()).get("error", err.reason)
-    except (ValueError, OSError):
-        return str(err.reason)

@@ -20,64 +20,17 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import re
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from cascade_rl.models import tokenizer_of
-from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
-from cascade_rl.rollout.client import RETRYABLE_STATUS, EngineUnavailable, TransferFailed
+from cascade_rl.rollout.base import EngineUnavailable, Rollout, RolloutRequest, SamplingParams
+from cascade_rl.rollout.client import TransferFailed
 from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES
 from cascade_rl.rollout.hf import request_seed
+from cascade_rl.rollout.http import ServerCalls
 from cascade_rl.rollout.vllm import IMAGE_TOKEN_BIAS
-
-
-class ServerCalls:
-    """JSON over HTTP to one server, with timeouts, retries and errors that say where and when."""
-
-    def __init__(self, url: str, *, timeout_s: float, retries: int, backoff_s: float):
-        if retries < 1:
-            raise ValueError(f"retries counts tries and must be at least 1, got {retries}")
-        self.url, self.timeout_s, self.retries, self.backoff_s = url.rstrip("/"), timeout_s, retries, backoff_s
-        self.step: int | None = None
-
-    def post(self, route: str, body: dict | None = None, *, retry: bool = True) -> dict:
-        return self.call("POST", route, body, retry=retry)
-
-    def call(
-        self, method: str, route: str, body: dict | None = None, *, retry: bool = True, timeout_s: float | None = None
-    ) -> dict:
-        data = json.dumps(body).encode() if body is not None else None
-        last = None
-        for attempt in range(self.retries if retry else 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(
-                self.url + route, data=data, method=method, headers={"Content-Type": "application/json"}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
-                    text = response.read()
-                    return json.loads(text) if text else {}
-            except urllib.error.HTTPError as err:
-                detail = _error_text(err)
-                if err.code not in RETRYABLE_STATUS:
-                    raise EngineUnavailable(self.where(route) + f": server error {err.code}: {detail}") from err
-                last = f"HTTP {err.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-        tries = self.retries if retry else 1
-        raise EngineUnavailable(
-            self.where(route) + f": no answer after {tries} tries (timeout {self.timeout_s:g} s each; last: {last}); "
-            "is the vLLM server running there and reachable?"
-        )
-
-    def where(self, route: str) -> str:
-        step = f" at training step {self.step}" if self.step is not None else ""
-        return f"vLLM server {self.url}{route}{step}"
 
 
 def wait_for_health(servers: list[ServerCalls], timeout_s: float) -> None:
@@ -341,12 +294,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def _error_text(err: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(err.read())
-    except (ValueError, OSError):
-        return str(err.reason)
-    error = body.get("error", err.reason)
-    return error.get("message", str(error)) if isinstance(error, dict) else str(error)
