@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cascade_rl.stages import STAGES
 
     parser = argparse.ArgumentParser(prog="cascade-rl", description="Cascade RL post-training for InternVL.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a known error too")
     sub = parser.add_subparsers(dest="command", required=True)
     tiny = sub.add_parser("init-tiny", help="write a tiny random InternVL checkpoint (offline, for tests and demos)")
     tiny.add_argument("out_dir")
@@ -206,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     from cascade_rl.rollout.base import EngineUnavailable
 
     args = build_parser().parse_args(argv)
-    try:
+    try:  # a known error class is one line (the traceback with --debug); anything else is a bug: its traceback shows
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, EngineUnavailable) as err:
+        if args.debug:
+            traceback.print_exc()
         print(f"cascade-rl {args.command}: {err}", file=sys.stderr)
         return 2
 

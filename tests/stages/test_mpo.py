@@ -154,7 +154,11 @@ def test_cli_runs_mpo_from_yaml_with_overrides(tiny_checkpoint, pairs_file, tmp_
     assert main(["mpo", str(recipe), f"out_dir={tmp_path / 'run'}", "optim.max_steps=1", "optim.lr=1e-3"]) == 0
     assert '"steps_run": 1' in capsys.readouterr().out
     assert main(["mpo", str(recipe), "betta=0.2"]) == 2
-    assert "unknown key 'betta'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown key 'betta'" in err and "Traceback" not in err
+    assert main(["--debug", "mpo", str(recipe), "betta=0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "cascade-rl mpo: unknown key 'betta'" in err
 
 
 def tensors_in(obj) -> list[torch.Tensor]:
