@@ -18,7 +18,7 @@ from typing import Literal
 from cascade_rl.config import choice_error
 from cascade_rl.rollout.base import EngineUnavailable, Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES, WeightGroup, spec_of
-from cascade_rl.rollout.http import ServerCalls
+from cascade_rl.rollout.http import ServerCalls, wait_for_health
 from cascade_rl.rollout.wire import request_to_json, rollout_from_json, sampling_to_json, weights_to_bytes
 
 WeightTransport = Literal["http", "nccl", "gloo"]
@@ -75,19 +75,9 @@ class ServerEngine:
         return self.http.call("GET", "/health", timeout_s=min(self.timeout_s, 10.0))
 
     def wait_until_ready(self, timeout_s: float = 300.0) -> dict:
-        """Poll /health until the server answers (vLLM can take minutes to start)."""
-        deadline = time.monotonic() + timeout_s
-        announced = False
-        while True:
-            try:
-                return self.health()
-            except EngineUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                if not announced:
-                    print(f"waiting up to {timeout_s:g} s for {self.url}/health (server_wait_s)", flush=True)
-                    announced = True
-                time.sleep(min(self.backoff_s, 2.0))
+        """Wait for /health to answer (at most `timeout_s`), then return its answer."""
+        wait_for_health([self.http], timeout_s)
+        return self.health()
 
     def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
         body = {"requests": [request_to_json(r) for r in requests], "n": n, "sampling": sampling_to_json(sampling)}

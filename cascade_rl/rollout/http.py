@@ -79,6 +79,25 @@ class ServerCalls:
         return f"{self.label} {self.url}{route}{step}"
 
 
+def wait_for_health(servers: list[ServerCalls], timeout_s: float) -> None:
+    """Poll each server's /health until it answers; a server silent for `timeout_s` is named in the error (a vLLM
+    server takes a while to start: it loads the model and sizes its KV cache first)."""
+    deadline = time.monotonic() + timeout_s
+    for server in servers:
+        announced = False
+        while True:
+            try:
+                server.call("GET", "/health", retry=False, timeout_s=10.0)
+                break
+            except EngineUnavailable as err:
+                if time.monotonic() > deadline:
+                    raise EngineUnavailable(f"{err} (waited {timeout_s:g} s for it to start)") from err
+                if not announced:
+                    print(f"waiting up to {timeout_s:g} s for {server.url}/health (server_wait_s)", flush=True)
+                    announced = True
+                time.sleep(1.0)
+
+
 def _error_text(err: urllib.error.HTTPError) -> str:
     try:
         body = json.loads(err.read())

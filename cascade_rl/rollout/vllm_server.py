@@ -29,27 +29,8 @@ from cascade_rl.rollout.base import EngineUnavailable, Rollout, RolloutRequest, 
 from cascade_rl.rollout.client import TransferFailed
 from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES
 from cascade_rl.rollout.hf import request_seed
-from cascade_rl.rollout.http import ServerCalls
+from cascade_rl.rollout.http import ServerCalls, wait_for_health
 from cascade_rl.rollout.vllm import IMAGE_TOKEN_BIAS
-
-
-def wait_for_health(servers: list[ServerCalls], timeout_s: float) -> None:
-    """Poll each server's /health until it answers; a server silent for `timeout_s` is named in the error (a vLLM
-    server takes a while to start: it loads the model and sizes its KV cache first)."""
-    deadline = time.monotonic() + timeout_s
-    for server in servers:
-        announced = False
-        while True:
-            try:
-                server.call("GET", "/health", retry=False, timeout_s=10.0)
-                break
-            except EngineUnavailable as err:
-                if time.monotonic() > deadline:
-                    raise EngineUnavailable(f"{err} (waited {timeout_s:g} s for it to start)") from err
-                if not announced:
-                    print(f"waiting up to {timeout_s:g} s for {server.url}/health (server_wait_s)", flush=True)
-                    announced = True
-                time.sleep(1.0)
 
 
 class FleetClient:
@@ -114,6 +95,7 @@ class VLLMServerEngine:
         self.weight_backend, self.group_host, self.group_port = weight_backend, group_host, group_port
         self.wire_dtype, self.bucket_bytes, self.timeout_s = wire_dtype, bucket_bytes, timeout_s
         self.transfer = None  # vLLM's trainer-side engine, formed at the first push
+        self.model_names: dict[str, str] = {}
         self.weights_version = 0
 
     @property
@@ -171,9 +153,10 @@ class VLLMServerEngine:
         return Rollout(request.prompt_id, k, text, ids, logps, reason, dict(request.meta))
 
     def _model_name(self, server: ServerCalls) -> str:
-        if not hasattr(server, "model_name"):
-            server.model_name = server.call("GET", "/v1/models")["data"][0]["id"]
-        return server.model_name
+        """The name the server serves its model under (asked once per server)."""
+        if server.url not in self.model_names:
+            self.model_names[server.url] = server.call("GET", "/v1/models")["data"][0]["id"]
+        return self.model_names[server.url]
 
     def update_weights(self, model) -> None:
         """Push the trainable weights to every server. The group is formed at the first push; a push that fails drops
@@ -197,7 +180,8 @@ class VLLMServerEngine:
     def _push(self, model) -> None:
         if self.transfer is None:
             self.transfer = self._form_group(model)
-        self.transfer.source = trainable_source(model, self.wire_dtype)
+        else:
+            self.transfer.source = trainable_source(model, self.wire_dtype)
         self.transfer.send_weights()
 
     def _silent_servers(self) -> list[str]:

@@ -29,7 +29,7 @@ from cascade_rl.data import DataError, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.models import EncodedChat, collate_chats, encode_chat, save_policy, tokenizer_of
 from cascade_rl.models.parts import merge_lora
-from cascade_rl.train.lengths import admit
+from cascade_rl.train.lengths import LoadSummary, admit
 from cascade_rl.train.metrics import MetricsLog
 from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.setup import (
@@ -82,12 +82,8 @@ class SFTConfig:
             raise ValueError("lora_rank > 0 trains adapters inside the LLM; it cannot be combined with freeze_llm")
 
 
-@dataclass
-class SFTDataSummary:
-    rows: int = 0
-    kept: int = 0
-    dropped_overlong: int = 0
-    dropped_lines: list[str] = field(default_factory=list)
+class SFTDataSummary(LoadSummary):
+    """Counts from loading the SFT rows (see LoadSummary)."""
 
 
 def load_sft_examples(config: SFTConfig, processor) -> tuple[list[EncodedChat], SFTDataSummary]:

@@ -3,7 +3,19 @@ break the image-token / image-feature match); an over-long row is dropped and co
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from cascade_rl.data import DataError
+
+
+@dataclass
+class LoadSummary:
+    """Counts from loading one training file: rows read, rows kept, over-long rows dropped (and their lines)."""
+
+    rows: int = 0
+    kept: int = 0
+    dropped_overlong: int = 0
+    dropped_lines: list[str] = field(default_factory=list)
 
 
 def admit(summary, source: str, num_tokens: int, *, max_length: int, on_overlong: str, what: str) -> bool:

@@ -11,7 +11,7 @@ the dataset (InternVL: up to 13 × 448² × 3 floats, ~31 MB, per pair). Scoring
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,17 +19,11 @@ from tqdm import tqdm
 from cascade_rl.data import DataError, PromptRow, image_sizes, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.models.pairs import EncodedPair, encode_pair, pair_num_tokens
-from cascade_rl.train.lengths import admit
+from cascade_rl.train.lengths import LoadSummary, admit
 
 
-@dataclass
-class PairFileSummary:
-    """Counts from loading one pairs file: rows read, pairs kept, over-long pairs dropped (and their lines)."""
-
-    rows: int = 0
-    kept: int = 0
-    dropped_overlong: int = 0
-    dropped_lines: list[str] = field(default_factory=list)
+class PairFileSummary(LoadSummary):
+    """Counts from loading one pairs file (see LoadSummary)."""
 
 
 def load_pairs(

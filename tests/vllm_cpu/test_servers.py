@@ -16,8 +16,8 @@ from stages.conftest import gspo_config
 from cascade_rl.models import load_policy
 from cascade_rl.rollout import HFEngine, RolloutRequest, SamplingParams
 from cascade_rl.rollout.client import EngineUnavailable
-from cascade_rl.rollout.http import ServerCalls
-from cascade_rl.rollout.vllm_server import VLLMServerEngine, wait_for_health
+from cascade_rl.rollout.http import ServerCalls, wait_for_health
+from cascade_rl.rollout.vllm_server import VLLMServerEngine
 from cascade_rl.stages.gspo import run_gspo
 from cascade_rl.train.metrics import read_metrics
 
