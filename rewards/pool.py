@@ -11,6 +11,12 @@ Each worker has a pipe and a three-slot shared-memory ``progress`` array:
     worker -> parent    ("ready",) | ("fatal", traceback)
                         ("res", job, results) results so far, flushed every FLUSH_S: [(key, value, traceback)]
                         ("done", job, results) the rest, at the end of the chunk
+                        ("memory", job, index) items[index] hit the memory cap; the worker exits after sending
+
+With ``memory_mb`` set, a worker caps its own address space (``RLIMIT_AS``) at its size when it starts plus
+``memory_mb``: a sample that allocates past it raises ``MemoryError`` in the worker, which reports it and exits, so
+the next sample starts on a fresh heap. The parent scores that sample "memory" and hands the rest back, as for a
+timeout.
 
 The parent reads ``progress`` to know which sample each worker is on and since when, so results travel in batches
 (IPC costs one message per FLUSH_S, not one per sample). A sample still running ``timeout_s`` after it started
@@ -33,6 +39,7 @@ import itertools
 import math
 import multiprocessing as mp
 import pickle
+import resource
 import signal
 import time
 import traceback
@@ -59,26 +66,44 @@ Item = tuple[int, Any, str, dict[str, Any]]  # (reward_index, key, completion, c
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one (reward, sample): ``status`` is "ok", "error" or "timeout"."""
+    """What happened to one (reward, sample): ``status`` is "ok", "error", "timeout" or "memory"."""
 
     status: str
     value: float | None = None
     detail: str = ""
 
 
+class _OverMemory(Exception):
+    """The sample raised MemoryError under the worker's address-space cap."""
+
+
 def _score_one(fn: Callable, completion: str, columns: dict[str, Any]) -> tuple[float | None, str | None]:
     try:
         values = fn([completion], **{name: [value] for name, value in columns.items()})
         return check_rewards(values, 1)[0], None
+    except MemoryError:
+        raise _OverMemory from None
     except Exception:
         return None, traceback.format_exc()[-MAX_TRACEBACK_CHARS:]
 
 
-def _worker_main(conn: Connection, payload: bytes, progress: Any) -> None:
+def _cap_memory(memory_mb: float | None) -> None:
+    """Limit this process's address space to its current size plus ``memory_mb`` MiB (Linux; no-op for None)."""
+    if memory_mb is None:
+        return
+    with open("/proc/self/statm") as statm:
+        size = int(statm.read().split()[0]) * resource.getpagesize()
+    limit = size + int(memory_mb * 2**20)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+
+
+def _worker_main(conn: Connection, payload: bytes, progress: Any, memory_mb: float | None) -> None:
     """Worker loop: load the reward functions once, then score chunks one sample at a time."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer, which then stops the pool
     try:
         rewards = pickle.loads(payload)
+        _cap_memory(memory_mb)
     except BaseException:
         conn.send(("fatal", traceback.format_exc()))
         return
@@ -91,20 +116,32 @@ def _worker_main(conn: Connection, payload: bytes, progress: Any) -> None:
         if message is None:
             return
         _, job, items = message
-        results: list[tuple[Any, float | None, str | None]] = []
-        flushed_at = time.monotonic()
-        for index, (reward_index, key, completion, columns) in enumerate(items):
-            if index >= progress[STOP_AT]:
-                break
-            progress[STARTED] = time.monotonic()
-            progress[CURRENT] = index  # written after STARTED: whoever sees the new index sees its start time
+        try:
+            _run_chunk(conn, job, items, rewards, progress)
+        except _OverMemory:
+            conn.send(("memory", job, int(progress[CURRENT])))
+            return
+
+
+def _run_chunk(conn: Connection, job: int, items: list[Item], rewards: list[Callable], progress: Any) -> None:
+    results: list[tuple[Any, float | None, str | None]] = []
+    flushed_at = time.monotonic()
+    for index, (reward_index, key, completion, columns) in enumerate(items):
+        if index >= progress[STOP_AT]:
+            break
+        progress[STARTED] = time.monotonic()
+        progress[CURRENT] = index  # written after STARTED: whoever sees the new index sees its start time
+        try:
             value, error = _score_one(rewards[reward_index], completion, columns)
-            results.append((key, value, error))
-            # The chunk's last results always travel with "done", so a finished chunk is never left half-reported.
-            if index + 1 < min(len(items), progress[STOP_AT]) and time.monotonic() - flushed_at >= FLUSH_S:
-                conn.send(("res", job, results))
-                results, flushed_at = [], time.monotonic()
-        conn.send(("done", job, results))
+        except _OverMemory:
+            conn.send(("res", job, results))  # the samples before it are done
+            raise
+        results.append((key, value, error))
+        # The chunk's last results always travel with "done", so a finished chunk is never left half-reported.
+        if index + 1 < min(len(items), progress[STOP_AT]) and time.monotonic() - flushed_at >= FLUSH_S:
+            conn.send(("res", job, results))
+            results, flushed_at = [], time.monotonic()
+    conn.send(("done", job, results))
 
 
 def _context() -> mp.context.BaseContext:
@@ -151,14 +188,18 @@ def _stop(workers: list[_Worker], grace_s: float = 1.0) -> None:
 
 
 class WorkerPool:
-    """``num_workers`` persistent processes running ``rewards`` (picklable functions) under a hard timeout."""
+    """``num_workers`` persistent processes running ``rewards`` (picklable functions) under a hard timeout and, with
+    ``memory_mb``, an address-space cap."""
 
-    def __init__(self, rewards: Sequence[Callable], num_workers: int, timeout_s: float) -> None:
+    def __init__(
+        self, rewards: Sequence[Callable], num_workers: int, timeout_s: float, memory_mb: float | None = None
+    ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self._payload = pickle.dumps(list(rewards))
         self.num_workers = num_workers
         self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
         self.slow_s = min(1.0, timeout_s / 4)
         self.restarts = 0
         self._ctx = _context()
@@ -171,7 +212,8 @@ class WorkerPool:
     def _start_worker(self) -> _Worker:
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         progress = self._ctx.RawArray("d", 3)
-        process = self._ctx.Process(target=_worker_main, args=(child_end, self._payload, progress), daemon=True)
+        args = (child_end, self._payload, progress, self.memory_mb)
+        process = self._ctx.Process(target=_worker_main, args=args, daemon=True)
         process.start()
         child_end.close()
         return _Worker(process=process, conn=parent_end, progress=progress)
@@ -241,14 +283,14 @@ class WorkerPool:
         for worker in list(self._workers):
             alive = True
             if worker.conn in ready:
-                alive = self._drain(worker, outcomes)
+                alive = self._drain(worker, queue, outcomes)
             if not alive or (worker.process.sentinel in ready and not worker.conn.poll()):
                 self._on_death(worker, queue, outcomes)
         self._check_clocks(queue, outcomes)
         if not any(w.ready for w in self._workers) and time.monotonic() - waited_from >= START_TIMEOUT_S:
             raise RuntimeError(f"no reward worker became ready within {START_TIMEOUT_S:.0f} s")
 
-    def _drain(self, worker: _Worker, outcomes: dict[Any, Outcome]) -> bool:
+    def _drain(self, worker: _Worker, queue: deque[Item], outcomes: dict[Any, Outcome]) -> bool:
         """Handle every message waiting from ``worker``; False if its pipe is closed (the process died)."""
         try:
             while worker.conn.poll():
@@ -258,6 +300,11 @@ class WorkerPool:
                     worker.ready = True
                 elif kind == "fatal":
                     raise RuntimeError(f"a reward worker could not load the reward functions:\n{message[1]}")
+                elif kind == "memory" and message[1] == worker.job:
+                    detail = f"allocated past the worker's cap of {self.memory_mb:g} MiB; the worker was replaced"
+                    self._hand_back(worker, queue, outcomes, message[2], Outcome("memory", None, detail))
+                    worker.job, worker.items = None, []
+                    return False  # it exits: _on_death replaces it
                 elif message[1] == worker.job:  # "res" or "done"
                     for key, value, error in message[2]:
                         if key not in outcomes:

@@ -3,8 +3,11 @@
 How the pieces fit:
 - each reward is a name (built-in or plugin), a ``"package.module:function"`` path, or a picklable function;
 - rewards marked ``@in_process`` (the cheap built-ins) are called on the whole batch in this process;
-- every other reward runs in a ``WorkerPool`` (``pool.py``), one sample at a time, under a hard timeout;
-- an exception or a timeout scores that sample None for that reward, is counted, and is logged once per reward.
+- every other reward runs in a ``WorkerPool`` (``pool.py``), one sample at a time, under a hard timeout and an
+  address-space cap (``memory_mb``): a sample that allocates past it gets its worker replaced;
+- in-process rewards run under the same timeout, from ``SIGALRM`` (``alarm.py``; main thread only);
+- an exception, a timeout or a sample over the memory cap scores that sample None for that reward, is counted, and
+  is logged once per reward and kind.
 
 ``total`` is the weighted sum of the rewards that returned a value; a None (does not apply, error, timeout)
 contributes nothing, and ``total`` is None only when every reward is None for that completion.
@@ -23,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .alarm import RewardTimeout, can_time_limit, time_limit
 from .contract import check_rewards, column_names, runs_in_process
 from .pool import Outcome, WorkerPool
 from .registry import check_reward_kwargs, get_reward
@@ -32,6 +36,8 @@ __all__ = ["RewardRunner", "RewardResult"]
 logger = logging.getLogger(__name__)
 
 _CONFIG_KEYS = ("name", "weight", "kwargs")
+_COUNTED = {"timeout": "timeouts", "error": "errors", "memory": "over_memory"}  # Outcome.status -> RewardResult field
+MAX_IN_PROCESS_TIMEOUTS = 3
 
 
 @dataclass
@@ -39,18 +45,20 @@ class RewardResult:
     """Scores of one batch, in input order.
 
     ``total[i]``: weighted sum over the rewards that scored completion i (None if none did).
-    ``per_reward[name][i]``: each reward's own value. ``timeouts`` / ``errors``: per reward, how many completions
-    timed out or raised (those score None, apart from wrong answers, which score 0).
+    ``per_reward[name][i]``: each reward's own value. ``timeouts`` / ``errors`` / ``over_memory``: per reward, how
+    many completions timed out, raised, or allocated past the worker's memory cap (those score None, unlike wrong
+    answers, which score 0).
     """
 
     total: list[float | None]
     per_reward: dict[str, list[float | None]]
     timeouts: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    over_memory: dict[str, int] = field(default_factory=dict)
 
     def metrics(self, prefix: str = "rewards/") -> dict[str, float]:
         """Flat scalars for a logger: mean and (population) std of each reward over its non-None values,
-        None/timeout/error counts."""
+        None/timeout/error/over-memory counts."""
         out: dict[str, float] = {}
         for name, values in [("total", self.total), *self.per_reward.items()]:
             scored = [v for v in values if v is not None]
@@ -63,6 +71,7 @@ class RewardResult:
         for name in self.per_reward:
             out[f"{prefix}{name}/timeouts"] = float(self.timeouts.get(name, 0))
             out[f"{prefix}{name}/errors"] = float(self.errors.get(name, 0))
+            out[f"{prefix}{name}/over_memory"] = float(self.over_memory.get(name, 0))
         return out
 
 
@@ -97,9 +106,12 @@ class RewardRunner:
     Args:
         rewards: names (``"math"``), ``"package.module:function"`` paths, or module-level functions.
         weights: one per reward (default 1.0 each).
-        timeout_s: the longest any one completion may take in one isolated reward.
-        num_workers: worker processes (default: the usable CPU cores). 0 runs everything in this process, with no
-            timeout: for debugging only.
+        timeout_s: the longest any one completion may take in one reward (isolated, or in-process on the main
+            thread).
+        memory_mb: how much memory a worker may allocate beyond its size at start (an address-space limit); a
+            sample that needs more scores None and its worker is replaced. None: no cap.
+        num_workers: worker processes (default: the usable CPU cores). 0 runs everything in this process (time limit
+            from SIGALRM on the main thread, no memory cap): for debugging only.
 
     >>> with RewardRunner(["format"]) as runner:
     ...     runner.score(["Answer: \\\\boxed{1}", "1"]).total
@@ -113,6 +125,7 @@ class RewardRunner:
         weights: Sequence[float] | None = None,
         timeout_s: float = 5.0,
         num_workers: int | None = None,
+        memory_mb: float | None = 2048,
     ) -> None:
         if isinstance(rewards, (str, bytes)) or not rewards:
             raise ValueError(f"rewards must be a non-empty list of names or functions, got {rewards!r}")
@@ -123,6 +136,8 @@ class RewardRunner:
             raise ValueError(f"weights must be finite numbers, got {weights}")
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s}")
+        if memory_mb is not None and not (memory_mb > 0 and math.isfinite(memory_mb)):
+            raise ValueError(f"memory_mb must be a positive number of MiB or None, got {memory_mb}")
         num_workers = _default_workers() if num_workers is None else num_workers
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -147,9 +162,10 @@ class RewardRunner:
                 ) from e
         self._pool = None
         if self._isolated:
-            self._pool = WorkerPool([self._rewards[i].fn for i in self._isolated], num_workers, timeout_s)
+            fns = [self._rewards[i].fn for i in self._isolated]
+            self._pool = WorkerPool(fns, num_workers, timeout_s, memory_mb=memory_mb)
         self._lock = threading.Lock()
-        self._logged: set[tuple[str, str]] = set()
+        self._logged: set[object] = set()
 
     @classmethod
     def from_config(cls, entries: Sequence[Mapping[str, Any] | str], **runner_kwargs: Any) -> RewardRunner:
@@ -197,11 +213,12 @@ class RewardRunner:
     def _score(self, completions: list[str], columns: dict[str, list[Any]]) -> RewardResult:
         n = len(completions)
         per_reward: dict[str, list[float | None]] = {}
-        timeouts = {r.name: 0 for r in self._rewards}
-        errors = {r.name: 0 for r in self._rewards}
+        counts = {field_name: {r.name: 0 for r in self._rewards} for field_name in _COUNTED.values()}
+        if any(r.in_process for r in self._rewards) and not can_time_limit():
+            self._warn_once("untimed", "in-process rewards run without a time limit off the main thread")
         for reward in self._rewards:
             if reward.in_process:
-                per_reward[reward.name] = self._score_in_process(reward, completions, columns, errors)
+                per_reward[reward.name] = self._score_in_process(reward, completions, columns, counts)
         if self._pool is not None and n:
             items = []
             for slot, index in enumerate(self._isolated):
@@ -217,52 +234,72 @@ class RewardRunner:
                     outcome = outcomes[(index, i)]
                     values.append(outcome.value)
                     if outcome.status != "ok":
-                        (timeouts if outcome.status == "timeout" else errors)[reward.name] += 1
+                        counts[_COUNTED[outcome.status]][reward.name] += 1
                         self._log_once(reward.name, i, outcome)
                 per_reward[reward.name] = values
         per_reward = {r.name: per_reward.get(r.name, []) for r in self._rewards}  # listed order
         total = [self._combine(i, per_reward) for i in range(n)]
-        return RewardResult(total, per_reward, timeouts, errors)
+        return RewardResult(total, per_reward, **counts)
 
     def _combine(self, i: int, per_reward: dict[str, list[float | None]]) -> float | None:
         scored = [(r.weight, per_reward[r.name][i]) for r in self._rewards if per_reward[r.name][i] is not None]
         return sum(w * v for w, v in scored) if scored else None  # type: ignore[operator]
 
     def _score_in_process(
-        self, reward: _Reward, completions: list[str], columns: dict[str, list[Any]], errors: dict[str, int]
+        self,
+        reward: _Reward,
+        completions: list[str],
+        columns: dict[str, list[Any]],
+        counts: dict[str, dict[str, int]],
     ) -> list[float | None]:
+        """The whole batch in one call under ``timeout_s``; if that raises or runs out, one sample at a time, each
+        under ``timeout_s``. After ``MAX_IN_PROCESS_TIMEOUTS`` timeouts the rest of the batch scores None (counted as
+        timeouts): a batch never costs more than about (1 + MAX_IN_PROCESS_TIMEOUTS) x ``timeout_s``."""
         names = columns.keys() if reward.accepted is None else reward.accepted & columns.keys()
         try:
-            return check_rewards(reward.fn(completions, **{c: columns[c] for c in names}), len(completions))
-        except Exception:
+            with time_limit(self.timeout_s):
+                return check_rewards(reward.fn(completions, **{c: columns[c] for c in names}), len(completions))
+        except (Exception, RewardTimeout):
             pass  # find the offending completions one by one
         values: list[float | None] = []
         for i, completion in enumerate(completions):
-            try:
-                value = check_rewards(reward.fn([completion], **{c: [columns[c][i]] for c in names}), 1)[0]
-            except Exception:
-                value = None
-                errors[reward.name] += 1
-                self._log_once(reward.name, i, Outcome("error", None, traceback.format_exc()))
+            value, outcome = None, None
+            if counts["timeouts"][reward.name] >= MAX_IN_PROCESS_TIMEOUTS:
+                outcome = Outcome("timeout", None, f"skipped after {MAX_IN_PROCESS_TIMEOUTS} timeouts in this batch")
+            else:
+                try:
+                    with time_limit(self.timeout_s):
+                        value = check_rewards(reward.fn([completion], **{c: [columns[c][i]] for c in names}), 1)[0]
+                except RewardTimeout:
+                    outcome = Outcome("timeout", None, f"no result after {self.timeout_s:g} s (in-process reward)")
+                except Exception:
+                    outcome = Outcome("error", None, traceback.format_exc())
+            if outcome is not None:
+                counts[_COUNTED[outcome.status]][reward.name] += 1
+                self._log_once(reward.name, i, outcome)
             values.append(value)
         return values
 
     def _log_once(self, name: str, index: int, outcome: Outcome) -> None:
-        """Log the first error and the first timeout of each reward; later ones are only counted."""
-        if (name, outcome.status) in self._logged:
-            return
-        self._logged.add((name, outcome.status))
-        kind = "timeouts" if outcome.status == "timeout" else "errors"
-        logger.warning(
-            "reward %r %s on completion %d of the batch; it scores None there and training goes on. Later %s of "
-            "this reward are counted in RewardResult.%s, not logged.\n%s",
+        """Log the first error, timeout and over-memory sample of each reward; later ones are only counted."""
+        kind = _COUNTED[outcome.status]
+        what = {"timeouts": "timed out", "errors": "failed", "over_memory": "went over the worker's memory cap"}[kind]
+        self._warn_once(
+            (name, kind),
+            "reward %r %s on completion %d of the batch; it scores None there and training goes on. Later %s of this "
+            "reward are counted in RewardResult.%s, not logged.\n%s",
             name,
-            "timed out" if outcome.status == "timeout" else "failed",
+            what,
             index,
             kind,
             kind,
             outcome.detail,
         )
+
+    def _warn_once(self, key: object, message: str, *args: object) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.warning(message, *args)
 
     def close(self) -> None:
         """Stop the worker processes (also done at garbage collection and interpreter exit)."""

@@ -52,6 +52,7 @@ class EvalConfig:
     prompts_per_batch: int = 16
     system_prompt: str | None = None
     reward_timeout_s: float = 5.0
+    reward_memory_mb: float = 2048.0  # per reward worker, beyond its size at start; past it a sample scores None
     on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
@@ -85,7 +86,7 @@ def run_eval(config: EvalConfig, engine=None) -> dict:
         rollouts += engine.generate(requests, n=config.sampling.n, sampling=sampling)
     if owned:
         engine.close()
-    with reward_runner(config.rewards, timeout_s=config.reward_timeout_s) as runner:
+    with reward_runner(config.rewards, timeout_s=config.reward_timeout_s, memory_mb=config.reward_memory_mb) as runner:
         result = runner.score([r.text for r in rollouts], **reward_columns(rollouts))
     samples = [_sample(i, r, result, config.correct) for i, r in enumerate(rollouts)]
     summary = summarise(samples, result, config.correct)

@@ -94,6 +94,7 @@ class GSPOConfig:
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     reward_timeout_s: float = 5.0
+    reward_memory_mb: float = 2048.0  # per reward worker, beyond its size at start; past it a sample scores None
     system_prompt: str | None = None
     save_steps: int = 1
     seed: int = 0
@@ -147,7 +148,9 @@ class GSPOTrainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(config.optim, self.params, self.total * per_step)
         self.owns_engine, self.engine = engine is None, engine or self._make_engine()
-        self.runner = reward_runner(config.rewards, timeout_s=config.reward_timeout_s)
+        self.runner = reward_runner(
+            config.rewards, timeout_s=config.reward_timeout_s, memory_mb=config.reward_memory_mb
+        )
         self.policy_loss = get_policy_loss(config.policy_loss)
         self.advantage = get_advantage_estimator(config.advantage)
         self.advantage_options = advantage_options(

@@ -47,6 +47,7 @@ class RolloutStageConfig:
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     reward_timeout_s: float = 5.0
+    reward_memory_mb: float = 2048.0  # per reward worker, beyond its size at start; past it a sample scores None
     on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
@@ -75,7 +76,7 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
         )
     sampling = config.sampling.params()
     started, stats = time.time(), {"prompts": len(todo), "rollouts": 0, "tokens": 0}
-    with reward_runner(config.rewards, timeout_s=config.reward_timeout_s) as runner:
+    with reward_runner(config.rewards, timeout_s=config.reward_timeout_s, memory_mb=config.reward_memory_mb) as runner:
         for start in tqdm(range(0, len(todo), config.prompts_per_batch), desc="rollout", unit="batch"):
             chunk = todo[start : start + config.prompts_per_batch]
             requests = [row_to_request(row, config.image_root, system_prompt=config.system_prompt) for row in chunk]

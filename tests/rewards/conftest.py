@@ -73,6 +73,15 @@ def mixed_reward(completions, **columns):
     return values
 
 
+def hungry_reward(completions, **columns):
+    """Allocates without bound on a "hungry" completion (address space, not touched pages: cheap for the host)."""
+    if any("hungry" in c for c in completions):
+        blocks = []
+        while True:
+            blocks.append(bytearray(256 * 2**20))
+    return [1.0] * len(completions)
+
+
 def pid_reward(completions, **columns):
     return [float(os.getpid())] * len(completions)
 

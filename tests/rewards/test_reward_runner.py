@@ -303,6 +303,63 @@ def test_close_and_garbage_collection_stop_the_workers(user_rewards):
     assert _wait_gone(pids)
 
 
+def test_reward_that_allocates_without_bound_is_capped_and_the_rest_scored(user_rewards):
+    name = f"{MODULE}:hungry_reward"
+    # 128 MiB of headroom: the first 256 MiB block already fails, so the host never lends the memory.
+    with RewardRunner([name], num_workers=1, memory_mb=128) as runner:
+        result = runner.score(["a", "hungry", "b", "c"])
+        assert result.per_reward[name] == [1.0, None, 1.0, 1.0]
+        assert (result.over_memory[name], result.errors[name], result.timeouts[name]) == (1, 0, 0)
+        assert result.metrics()[f"rewards/{name}/over_memory"] == 1.0
+        assert runner._pool.restarts == 1  # the worker went with its heap
+        assert runner.score(["d"]).per_reward[name] == [1.0]
+
+
+def _spin(completions):
+    """In-process and never returning on "stuck": a pure-Python loop, which only a signal interrupts."""
+    if any(c == "stuck" for c in completions):
+        while True:
+            pass
+    return [1.0] * len(completions)
+
+
+def test_in_process_reward_that_hangs_times_out_and_the_rest_is_scored(caplog):
+    spinning = in_process(_spin)
+    timeout = 0.5
+    with RewardRunner([spinning], num_workers=0, timeout_s=timeout) as runner:
+        start = time.perf_counter()
+        result = runner.score(["ok", "stuck", "ok"])
+        elapsed = time.perf_counter() - start
+    assert result.per_reward["_spin"] == [1.0, None, 1.0]
+    assert (result.timeouts["_spin"], result.errors["_spin"]) == (1, 0)
+    assert "timed out on completion 1" in caplog.text
+    assert elapsed >= 2 * timeout  # the whole batch ran out once, then the stuck sample alone
+    assert elapsed < 20 * timeout  # and nothing waited without a limit (generous bound for a loaded machine)
+
+
+def test_in_process_reward_stuck_everywhere_stops_after_three_timeouts():
+    spinning = in_process(_spin)
+    with RewardRunner([spinning], num_workers=0, timeout_s=0.3) as runner:
+        result = runner.score(["stuck"] * 6 + ["ok"])
+    # One batch call + 3 samples each ran out (4 x 0.3 s); the other 3 stuck samples and the last one are skipped.
+    assert result.per_reward["_spin"] == [None] * 7
+    assert result.timeouts["_spin"] == 7
+
+
+def test_in_process_rewards_off_the_main_thread_run_untimed_and_say_so(caplog):
+    outcome = {}
+
+    def score():
+        with RewardRunner([in_process(_spin)], num_workers=0, timeout_s=0.3) as runner:
+            outcome["result"] = runner.score(["ok", "ok"])
+
+    thread = threading.Thread(target=score)
+    thread.start()
+    thread.join(60)
+    assert outcome["result"].per_reward["_spin"] == [1.0, 1.0]
+    assert "without a time limit off the main thread" in caplog.text
+
+
 def test_called_from_another_thread_after_torch_import():
     pytest.importorskip("torch")  # workers come from a forkserver, never a fork of this (torch-laden) process
     outcome = {}
