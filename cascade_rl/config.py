@@ -11,6 +11,7 @@ A partial section fills in the field's own default, not the section class's: wit
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import types
 import typing
@@ -67,7 +68,9 @@ def from_dict(cls: type[T], data: dict, where: str = "", base: T | None = None) 
     unknown = sorted(set(data) - set(names))
     if unknown:
         section = f" in {where[:-1]}" if where else ""
-        raise ConfigError(f"unknown key '{where}{unknown[0]}'; valid keys{section}: {', '.join(names)}")
+        close = difflib.get_close_matches(str(unknown[0]), names, n=1)
+        guess = f"did you mean '{where}{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown key '{where}{unknown[0]}'; {guess}valid keys{section}: {', '.join(names)}")
     kwargs = {
         name: _convert(hints[name], value, f"{where}{name}", _section_base(cls, name, base))
         for name, value in data.items()
@@ -111,8 +114,15 @@ def _convert(hint: Any, value: Any, where: str, base: Any = None) -> Any:
     if hint is float and not isinstance(value, bool):
         return _to_float(value, where)
     if hint in (int, str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}; write {_WRITE[hint]}")
     return value
+
+
+_WRITE = {
+    int: "a whole number (e.g. 4)",
+    bool: "true or false",
+    str: "text (quote it if YAML reads it as another type)",
+}
 
 
 def is_choice(value: Any, choices: tuple) -> bool:

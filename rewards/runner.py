@@ -56,6 +56,15 @@ class RewardResult:
     errors: dict[str, int] = field(default_factory=dict)
     over_memory: dict[str, int] = field(default_factory=dict)
 
+    def failures(self) -> dict[str, dict[str, int]]:
+        """{reward: {"timeouts"|"errors"|"over_memory": count}} for the rewards that failed on some completion."""
+        out: dict[str, dict[str, int]] = {}
+        for kind in _COUNTED.values():
+            for name, count in getattr(self, kind).items():
+                if count:
+                    out.setdefault(name, {})[kind] = count
+        return out
+
     def metrics(self, prefix: str = "rewards/") -> dict[str, float]:
         """Flat scalars for a logger: mean and (population) std of each reward over its non-None values,
         None/timeout/error/over-memory counts."""

@@ -35,7 +35,10 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_unknown_key_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown key 'inner.tempreature'; valid keys in inner: n, temperature"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'inner.tempreature'; did you mean 'inner.temperature'\? valid keys in inner: n, temper",
+    ):
         load_config(Outer, {}, ["inner.tempreature=1.0"])
     with pytest.raises(ConfigError, match="valid keys: path, inner, weights, note"):
         load_config(Outer, {"pth": "x"})

@@ -82,7 +82,7 @@ class ServerEngine:
     def generate(self, requests: list[RolloutRequest], *, n: int, sampling: SamplingParams) -> list[Rollout]:
         body = {"requests": [request_to_json(r) for r in requests], "n": n, "sampling": sampling_to_json(sampling)}
         answer = self.http.post("/generate", body)
-        return [rollout_from_json(r) for r in answer["rollouts"]]
+        return self.http.read("/generate", answer, lambda a: [rollout_from_json(r) for r in a["rollouts"]])
 
     def update_weights(self, model) -> None:
         self.weights_version += 1

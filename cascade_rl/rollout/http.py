@@ -60,7 +60,7 @@ class ServerCalls:
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
                     text = response.read()
-                    return json.loads(text) if text else {}
+                return self._json(route, text)
             except urllib.error.HTTPError as err:
                 detail = _error_text(err)
                 if err.code not in RETRYABLE_STATUS:
@@ -73,6 +73,25 @@ class ServerCalls:
             + f": no answer after {tries} tries (timeout {timeout:g} s each; last: {last}); "
             + self.hint
         )
+
+    def _json(self, route: str, text: bytes) -> dict:
+        """The answer as JSON; a server that answers something else is named (not retried: it will not improve)."""
+        try:
+            return json.loads(text) if text else {}
+        except ValueError as err:
+            raise EngineUnavailable(
+                self.where(route) + f": the answer is not JSON ({err}; it starts {text[:80]!r}); " + self.hint
+            ) from err
+
+    def read(self, route: str, answer: dict, extract):
+        """`extract(answer)`; an answer without the fields it reads is named, as a garbage reply is."""
+        try:
+            return extract(answer)
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            raise EngineUnavailable(
+                self.where(route) + f": unexpected answer ({type(err).__name__}: {err}; it starts "
+                f"{json.dumps(answer)[:120]!r}); " + self.hint
+            ) from err
 
     def where(self, route: str) -> str:
         step = f" at training step {self.step}" if self.step is not None else ""

@@ -141,8 +141,12 @@ class VLLMServerEngine:
         if self.suppressed:
             body["logit_bias"] = self.suppressed
         answer = server.post("/v1/chat/completions", body)
-        choices = sorted(answer["choices"], key=lambda c: c["index"])
-        return [self._rollout(request, k, choice) for k, choice in enumerate(choices)]
+
+        def rollouts(answer: dict) -> list[Rollout]:
+            choices = sorted(answer["choices"], key=lambda c: c["index"])
+            return [self._rollout(request, k, choice) for k, choice in enumerate(choices)]
+
+        return server.read("/v1/chat/completions", answer, rollouts)
 
     def _rollout(self, request: RolloutRequest, k: int, choice: dict) -> Rollout:
         ids = list(choice["token_ids"])
@@ -155,7 +159,8 @@ class VLLMServerEngine:
     def _model_name(self, server: ServerCalls) -> str:
         """The name the server serves its model under (asked once per server)."""
         if server.url not in self.model_names:
-            self.model_names[server.url] = server.call("GET", "/v1/models")["data"][0]["id"]
+            answer = server.call("GET", "/v1/models")
+            self.model_names[server.url] = server.read("/v1/models", answer, lambda a: a["data"][0]["id"])
         return self.model_names[server.url]
 
     def update_weights(self, model) -> None:

@@ -57,6 +57,14 @@ class RolloutStageConfig:
         check_rules(self.rewards, self.correct)
 
 
+def add_failures(total: dict[str, dict[str, int]], batch: dict[str, dict[str, int]]) -> None:
+    """Add one batch's `RewardResult.failures()` to the running `total`, in place."""
+    for name, counts in batch.items():
+        for kind, count in counts.items():
+            total.setdefault(name, {}).setdefault(kind, 0)
+            total[name][kind] += count
+
+
 def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     """Sample, score and store rollouts for every prompt not yet done; write the ledger and a summary."""
     if engine is None and config.engine == "vllm":
@@ -76,12 +84,14 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
         )
     sampling = config.sampling.params()
     started, stats = time.time(), {"prompts": len(todo), "rollouts": 0, "tokens": 0}
+    failures: dict[str, dict[str, int]] = {}
     with reward_runner(config.rewards, timeout_s=config.reward_timeout_s, memory_mb=config.reward_memory_mb) as runner:
         for start in tqdm(range(0, len(todo), config.prompts_per_batch), desc="rollout", unit="batch"):
             chunk = todo[start : start + config.prompts_per_batch]
             requests = [row_to_request(row, config.image_root, system_prompt=config.system_prompt) for row in chunk]
             rollouts = engine.generate(requests, n=config.sampling.n, sampling=sampling)
-            records, _ = score_rollouts(runner, rollouts, config.correct, {row.id: row for row in chunk})
+            records, result = score_rollouts(runner, rollouts, config.correct, {row.id: row for row in chunk})
+            add_failures(failures, result.failures())
             store.append(records)
             stats["rollouts"] += len(records)
             stats["tokens"] += sum(r.num_tokens for r in records)
@@ -98,6 +108,7 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
         "wall_s": round(time.time() - started, 2),
         "ledger_prompts": len(ledger),
         "store_repairs": store.repairs,
+        "reward_failures": failures,  # scored None (not 0): see the log for the first traceback of each
     }
     (out / "rollout_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
