@@ -72,8 +72,9 @@ def run_eval(config: EvalConfig, engine=None) -> dict:
     started = time.time()
     out = Path(config.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    dump_yaml(config, out.with_name(out.stem + ".config.yaml"))
     rows, read_summary = read_prompts(config.prompts, config.image_root, on_error=config.on_error)
+    # Written once the input reads: a refused rerun keeps the last run's config.
+    dump_yaml(config, out.with_name(out.stem + ".config.yaml"))
     if not rows:
         raise ValueError(f"{config.prompts}: no prompts to evaluate ({read_summary})")
     owned = engine is None

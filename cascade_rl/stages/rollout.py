@@ -71,8 +71,8 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
         require_vllm()  # before any work
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(config, out / "rollout_config.yaml")
     rows, read_summary = read_prompts(config.prompts, config.image_root, on_error=config.on_error)
+    dump_yaml(config, out / "rollout_config.yaml")  # once the input reads: a refused rerun keeps the last one
     store = RolloutStore(out / "rollouts")
     done = store.done_prompt_ids(config.sampling.n)
     todo = [row for row in rows if row.id not in done]
