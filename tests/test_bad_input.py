@@ -7,6 +7,7 @@ die mid-request or answer garbage: one line naming the URL and the route.
 """
 
 import hashlib
+import importlib.util
 import json
 import socket
 import threading
@@ -273,3 +274,19 @@ def test_a_rollout_server_that_dies_or_answers_garbage_is_named(
     message = one_error_line(capsys, "gspo")
     assert f"rollout server {fake_server}/" in message and all(f in message for f in fragments), message
     assert "is `cascade-rl serve` running there and reachable?" in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="checks the message when vLLM is missing")
+@pytest.mark.parametrize("command", ["rollout", "serve"])
+def test_the_vllm_engine_without_vllm_says_what_to_install_and_what_to_use_instead(
+    command, finished_run, tiny_checkpoint, capsys
+):
+    if command == "serve":
+        args = ["serve", "--model", str(tiny_checkpoint)]
+    else:
+        args = rollout_args(tiny_checkpoint, finished_run, finished_run / "prompts.jsonl", "engine=vllm")
+    before = snapshot(finished_run / "run")
+    assert main(args) == 2
+    message = one_error_line(capsys, command)
+    assert "pip install 'cascade-rl[vllm]'" in message and "engine=hf" in message, message
+    assert snapshot(finished_run / "run") == before
