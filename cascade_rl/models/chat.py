@@ -86,6 +86,15 @@ def render(processor, messages: list[dict], *, add_generation_prompt: bool) -> s
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def render_prompt(processor, messages: list[dict]) -> str:
+    """The generation prompt: the chat ending in `<|im_start|>assistant\\n`, or, when the last message is the
+    assistant's (a reply begun for the model, e.g. DropoutNTP's prefix), ending in that reply's text, left open for
+    the model to continue (the template's end-of-turn dropped: `continue_final_message`)."""
+    if messages[-1]["role"] == "assistant":
+        return processor.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    return render(processor, messages, add_generation_prompt=True)
+
+
 def chat_segments(processor, messages: list[dict]) -> list[tuple[str, bool]]:
     """Split the rendered conversation into (text, trained) segments: assistant reply + `<|im_end|>` are trained."""
     end_token = tokenizer_of(processor).eos_token
@@ -125,7 +134,8 @@ def encode_chat(
 def encode_prompt(
     processor, messages: list[dict], images: list[Image.Image] = (), *, max_tiles: int = 12
 ) -> EncodedChat:
-    """Tokenise the prompt of a conversation, ending in `<|im_start|>assistant\\n`, ready for generation."""
+    """Tokenise the prompt of a conversation for generation (`render_prompt`: it ends in `<|im_start|>assistant\\n`,
+    or in the text of a final assistant message, which generation continues)."""
     pixel_values, num_tiles = process_images(processor, list(images), max_tiles=max_tiles)
     ids = _prompt_ids(processor, messages, num_tiles)
     return EncodedChat(torch.tensor(ids), torch.zeros(len(ids), dtype=torch.bool), pixel_values, num_tiles)
@@ -137,8 +147,8 @@ def prompt_num_tokens(processor, messages: list[dict], sizes: list[tuple[int, in
 
 
 def _prompt_ids(processor, messages: list[dict], num_tiles: list[int]) -> list[int]:
-    """Token ids of the rendered prompt with image blocks of `num_tiles` tiles (one count per image)."""
-    text = render(processor, messages, add_generation_prompt=True)
+    """Token ids of the rendered prompt (`render_prompt`) with image blocks of `num_tiles` tiles (one per image)."""
+    text = render_prompt(processor, messages)
     text, used = expand_image_placeholders(text, processor, num_tiles)
     _check_all_images_used(used, num_tiles)
     return tokenizer_of(processor)(text, add_special_tokens=False)["input_ids"]

@@ -24,9 +24,10 @@ from cascade_rl.models.vision_cache import vision_features
 class PromptInputs:
     """One prompt as the policy reads it, for generating completions and scoring them.
 
-    input_ids: [P] ending in `<|im_start|>assistant\\n`, image blocks expanded; pixel_values: [N_tiles, 3, H, W] or
-    None; vision_cache: the frozen vision tower's output for those pixels, [N_tiles, tokens/tile, 4·C_vision], or
-    None — when present, scoring uses it instead of running the tower again.
+    input_ids: [P] ending in `<|im_start|>assistant\\n` (or in the request's assistant prefix), image blocks
+    expanded; pixel_values: [N_tiles, 3, H, W] or None; vision_cache: the frozen vision tower's output for those
+    pixels, [N_tiles, tokens/tile, 4·C_vision], or None — when present, scoring uses it instead of running the tower
+    again.
     """
 
     input_ids: torch.Tensor
@@ -35,8 +36,9 @@ class PromptInputs:
 
 
 def encode_request(processor, request, *, max_tiles: int) -> PromptInputs:
-    """A request's (`RolloutRequest`: messages, PIL images) prompt, tokenised with its images tiled."""
-    prompt = encode_prompt(processor, request.messages, request.images, max_tiles=max_tiles)
+    """A request's (`RolloutRequest`: messages, PIL images, assistant prefix) prompt, tokenised with its images
+    tiled; with an assistant prefix the ids end in the prefix's tokens, where generation continues."""
+    prompt = encode_prompt(processor, request.chat(), request.images, max_tiles=max_tiles)
     return PromptInputs(prompt.input_ids, prompt.pixel_values)
 
 

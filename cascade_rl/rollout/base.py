@@ -61,19 +61,31 @@ class RolloutRequest:
     """One prompt: chat `messages` (OpenAI/HF style, image parts as {"type": "image"}) and its images.
 
     `prompt_id` keys the prompt in stores and ledgers; `meta` carries dataset columns (answer, bbox, ...)
-    that the engine passes through untouched.
+    that the engine passes through untouched. `assistant_prefix`, when set, is the start of the assistant's reply:
+    the engine continues it (prefill) instead of starting a new reply; the rollouts' token ids and log-probs are the
+    continuation's, their text is the prefix followed by the continuation (DropoutNTP, stages/dropout_ntp.py).
     """
 
     prompt_id: str
     messages: list[dict[str, Any]]
     images: list[Image.Image] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    assistant_prefix: str = ""
+
+    def chat(self) -> list[dict[str, Any]]:
+        """The messages an engine renders: `messages`, then the open assistant turn holding `assistant_prefix`
+        when there is one (the template renders it without its end-of-turn, `models.chat.render_prompt`)."""
+        if not self.assistant_prefix:
+            return self.messages
+        prefix = {"role": "assistant", "content": [{"type": "text", "text": self.assistant_prefix}]}
+        return [*self.messages, prefix]
 
 
 @dataclass
 class Rollout:
     """One sampled completion.
 
+    text: the decoded completion (end-of-turn cut), after the request's `assistant_prefix` when it has one.
     token_ids: [T] completion token ids, `logprobs`: [T] per-token log-probs under the sampling policy
     (after temperature), finish_reason: "stop" (end-of-turn token) or "length" (hit max_new_tokens).
     prompt_inputs: the prompt's model inputs (ids, tiled pixels) when the engine encoded the prompt in this process

@@ -4,7 +4,8 @@ Per-token log-probs are log_softmax(logits / temperature) of the policy at each 
 trainer recomputes by teacher forcing (top-k / top-p change which tokens can be drawn, not this value). Image
 tokens are never sampled. Each prompt is encoded (tokenised, images tiled) once per call, and its model inputs go
 out with its rollouts (`Rollout.prompt_inputs`), so a trainer in the same process scores them without encoding the
-prompt again.
+prompt again. A request with an assistant prefix is encoded with the prefix's tokens at the end of its prompt, so
+the rollouts continue it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class HFEngine:
             generators = [self._generator(sampling, requests[i].prompt_id, k) for i, k in batch]
             outputs = self._generate_batch([prompts[i] for i, _ in batch], sampling, generators)
             for (i, k), (ids, logps, reason) in zip(batch, outputs):
-                text = tokenizer.decode(ids[:-1] if reason == "stop" else ids)
+                text = requests[i].assistant_prefix + tokenizer.decode(ids[:-1] if reason == "stop" else ids)
                 meta = dict(requests[i].meta)
                 rollouts.append(Rollout(requests[i].prompt_id, k, text, ids, logps, reason, meta, prompts[i]))
         return rollouts

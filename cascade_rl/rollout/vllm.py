@@ -1,7 +1,8 @@
 """VLLMEngine: rollouts from `vllm.LLM` offline generation in the trainer's process (optional extra `[vllm]`).
 
 - Prompts are rendered with the checkpoint's own chat template; an image part becomes `<IMG_CONTEXT>`, which vLLM's
-  InternVL processor expands exactly as `models.encode_prompt` does (a test checks the token ids are equal).
+  InternVL processor expands exactly as `models.encode_prompt` does (a test checks the token ids are equal). A
+  request's assistant prefix ends the rendered prompt (`models.chat.render_prompt`), so the samples continue it.
   vLLM tiles the images inside vLLM, so these rollouts bring no `prompt_inputs`: a trainer encodes the prompt
   for scoring itself (train/groups.py::make_group), once per prompt.
 - n samples per prompt come from one request with `n=`. With `sampling.seed` set, the request is seeded by
@@ -24,6 +25,7 @@ from __future__ import annotations
 import os
 
 from cascade_rl.models import tokenizer_of
+from cascade_rl.models.chat import render_prompt
 from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.hf import request_seed
 from cascade_rl.rollout.vllm_support import VLLMSettings, check_servable, require_vllm
@@ -92,11 +94,10 @@ class VLLMEngine:
         stopped = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
         reason = "stop" if stopped or sample.finish_reason == "stop" else "length"
         text = self.tokenizer.decode(ids[:-1] if stopped else ids)  # as HFEngine: special tokens kept, end cut
-        return Rollout(request.prompt_id, k, text, ids, logps, reason, dict(request.meta))
+        return Rollout(request.prompt_id, k, request.assistant_prefix + text, ids, logps, reason, dict(request.meta))
 
     def _prompt(self, request: RolloutRequest) -> dict:
-        text = self.processor.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-        prompt = {"prompt": text}
+        prompt = {"prompt": render_prompt(self.processor, request.chat())}  # an assistant prefix ends it, open
         if request.images:
             prompt["multi_modal_data"] = {"image": [im.convert("RGB") for im in request.images]}
         return prompt

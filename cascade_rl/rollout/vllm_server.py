@@ -2,7 +2,8 @@
 
 - Rollouts: each prompt is one OpenAI chat-completions request (images inline as data URLs; `n` samples; vLLM's
   extensions `return_token_ids`, `top_k`, `seed`, `skip_special_tokens`; `logprobs` gives the sampled tokens'
-  log-probs, which the servers compute as `processed_logprobs`: `cascade-rl serve --engine vllm` sets that). Prompt i
+  log-probs, which the servers compute as `processed_logprobs`: `cascade-rl serve --engine vllm` sets that). A
+  request's assistant prefix goes as the last message with `continue_final_message` (vLLM's prefill). Prompt i
   of a call goes to server i mod K and all requests of a call are in flight at once, so vLLM batches them
   continuously. Seeds, image-token bias and text decoding are those of the colocated `VLLMEngine`, so a server and a
   colocated engine sample the same completions.
@@ -134,7 +135,9 @@ class VLLMServerEngine:
             "top_logprobs": 0,
             "return_token_ids": True,
             "skip_special_tokens": False,
-            "add_generation_prompt": True,
+            # An assistant prefix is the last message, rendered open for the model to continue (vLLM's prefill).
+            "add_generation_prompt": not request.assistant_prefix,
+            "continue_final_message": bool(request.assistant_prefix),
         }
         if sampling.seed is not None:
             body["seed"] = request_seed(sampling.seed, request.prompt_id, 0) % 2**31
@@ -154,7 +157,7 @@ class VLLMServerEngine:
         stopped = bool(ids) and ids[-1] == self.tokenizer.eos_token_id
         reason = "stop" if stopped or choice["finish_reason"] == "stop" else "length"
         text = self.tokenizer.decode(ids[:-1] if stopped else ids)  # as HFEngine: special tokens kept, end cut
-        return Rollout(request.prompt_id, k, text, ids, logps, reason, dict(request.meta))
+        return Rollout(request.prompt_id, k, request.assistant_prefix + text, ids, logps, reason, dict(request.meta))
 
     def _model_name(self, server: ServerCalls) -> str:
         """The name the server serves its model under (asked once per server)."""
@@ -259,10 +262,11 @@ def trainable_source(model, dtype: str | None):
 
 
 def chat_messages(request: RolloutRequest) -> list[dict]:
-    """OpenAI chat messages: each {"type": "image"} part becomes the next image as a PNG data URL."""
+    """OpenAI chat messages (`request.chat()`: with the assistant prefix as the last message when there is one):
+    each {"type": "image"} part becomes the next image as a PNG data URL."""
     images = iter(request.images)
     messages = []
-    for message in request.messages:
+    for message in request.chat():
         content = message["content"]
         if isinstance(content, list):
             content = [_image_part(next(images)) if part.get("type") == "image" else part for part in content]

@@ -31,12 +31,15 @@ def request_to_json(request: RolloutRequest) -> dict:
         "messages": request.messages,
         "images": [image_to_b64(im) for im in request.images],
         "meta": request.meta,
+        "assistant_prefix": request.assistant_prefix,
     }
 
 
 def request_from_json(data: dict) -> RolloutRequest:
     images = [image_from_b64(im) for im in data.get("images", [])]
-    return RolloutRequest(data["prompt_id"], data["messages"], images, data.get("meta", {}))
+    return RolloutRequest(
+        data["prompt_id"], data["messages"], images, data.get("meta", {}), data.get("assistant_prefix", "")
+    )
 
 
 def sampling_to_json(sampling: SamplingParams) -> dict:
