@@ -5,12 +5,14 @@ rejected = the first `start_ratio` of that response's words + the model's contin
 the image. Following InternVL's `mmpr_data_pipeline_dropout_ntp.py`: words are split on single spaces
 (newlines stay inside words, so the prefix keeps its layout), the prefix is `int(n_words * start_ratio)`
 words re-joined and stripped, `<image>` placeholders are removed from the question (then stripped), and the
-continuation is appended to the prefix as is (the model writes its own leading space).
+continuation is appended to the prefix as is (the model writes its own leading space). As InternVL does, a
+continuation that rebuilds the chosen response exactly is kept (it is counted in `identical`).
 
-The generator is any `continue_fn(messages, prefix) -> str`: `messages` is the image-free chat
+`dropout_ntp_pairs` takes any `continue_fn(messages, prefix) -> str`: `messages` is the image-free chat
 ([system?], user), and the engine must continue `prefix` as the start of the assistant turn (prefill),
 returning only the new text. Sampling settings live in the engine (InternVL: temperature 1.0 in the docs,
-0.7 in code; top_k 50; 2048 new tokens).
+0.7 in code; top_k 50; 2048 new tokens). The `dropout-ntp` stage (stages/dropout_ntp.py) samples the chosen
+responses and their continuations with a rollout engine in batches, and builds its rows with `dropout_pair_row`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class DropoutSummary:
     n_rows: int = 0
     n_pairs: int = 0
     empty_response: int = 0  # no chosen text: nothing to truncate
-    identical: int = 0  # the continuation rebuilt the chosen response exactly: not a preference
+    identical: int = 0  # pairs whose continuation rebuilt the chosen response exactly (kept, as InternVL does)
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -65,6 +67,34 @@ def _fields(row: RolloutRecord | dict[str, Any]) -> tuple[str, list[str], str, A
     return row["question"], images, response, row.get("answer", row.get("answer_gt"))
 
 
+def dropout_pair_row(
+    question: str,
+    images: list[str],
+    chosen: str,
+    rejected: str,
+    *,
+    answer: Any = None,
+    chosen_meta: dict[str, Any] | None = None,
+    rejected_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An MMPR pair row as the pairs stage writes it: {"image"? (absent without images), "question" (with `<image>`
+    placeholders), "chosen", "rejected", "answer_gt", "chosen_meta", "rejected_meta"}; each meta gets
+    "source": "dropout_ntp" first."""
+    row: dict[str, Any] = {}
+    if images:
+        row["image"] = images[0] if len(images) == 1 else list(images)
+    row.update(question=with_image_placeholders(question, len(images)), chosen=chosen, rejected=rejected)
+    row["answer_gt"] = answer
+    row["chosen_meta"] = {"source": "dropout_ntp", **(chosen_meta or {})}
+    row["rejected_meta"] = {"source": "dropout_ntp", **(rejected_meta or {})}
+    return row
+
+
+def check_start_ratio(start_ratio: float) -> None:
+    if not 0.0 < start_ratio < 1.0:
+        raise ValueError(f"start_ratio must be in (0, 1), got {start_ratio}")
+
+
 def dropout_ntp_pairs(
     rows_with_responses: Iterable[RolloutRecord | dict[str, Any]],
     continue_fn: ContinueFn,
@@ -72,13 +102,12 @@ def dropout_ntp_pairs(
     start_ratio: float = 0.5,
     system_prompt: str | None = None,
 ) -> tuple[list[dict[str, Any]], DropoutSummary]:
-    """One MMPR pair row per input row: {"image"?, "question", "chosen", "rejected", "answer_gt"?, metas}.
+    """One MMPR pair row (`dropout_pair_row`) per input row with a non-empty response.
 
     Input rows are RolloutRecords or dicts with "question", optional "image"/"images", "response" (or
     "chosen") and optional "answer"/"answer_gt".
     """
-    if not 0.0 < start_ratio < 1.0:
-        raise ValueError(f"start_ratio must be in (0, 1), got {start_ratio}")
+    check_start_ratio(start_ratio)
     summary = DropoutSummary()
     pairs = []
     for row in rows_with_responses:
@@ -89,17 +118,8 @@ def dropout_ntp_pairs(
             continue
         prefix = truncate_words(response, start_ratio)
         rejected = prefix + continue_fn(image_free_messages(question, system_prompt), prefix)
-        if rejected == response:
-            summary.identical += 1
-            continue
-        pair: dict[str, Any] = {}
-        if images:
-            pair["image"] = images[0] if len(images) == 1 else images
-        pair.update(question=with_image_placeholders(question, len(images)), chosen=response, rejected=rejected)
-        if answer is not None:
-            pair["answer_gt"] = answer
-        pair["chosen_meta"] = {"source": "dropout_ntp"}
-        pair["rejected_meta"] = {"source": "dropout_ntp", "start_ratio": start_ratio, "prefix": prefix}
-        pairs.append(pair)
+        summary.identical += rejected == response
+        meta = {"start_ratio": start_ratio, "prefix": prefix}
+        pairs.append(dropout_pair_row(question, images, response, rejected, answer=answer, rejected_meta=meta))
     summary.n_pairs = len(pairs)
     return pairs, summary

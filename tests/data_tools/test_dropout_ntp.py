@@ -43,6 +43,7 @@ def test_pair_from_a_single_image_row():
             "question": "<image>\nHow many apples?",
             "chosen": "There are three apples here.",
             "rejected": "There are and so the answer is 7.",
+            "answer_gt": None,
             "chosen_meta": {"source": "dropout_ntp"},
             "rejected_meta": {"source": "dropout_ntp", "start_ratio": 0.5, "prefix": "There are"},
         }
@@ -69,15 +70,15 @@ def test_placeholders_are_stripped_from_the_image_free_prompt():
     assert fake.calls[0][0][-1]["content"][0]["text"] == "Image-1: \nImage-2: \nSame?"
 
 
-def test_empty_and_identical_are_skipped_and_counted():
+def test_empty_is_skipped_and_identical_is_kept_as_internvl_does_both_counted():
     rows = [
         {"question": "q", "response": "   "},
         {"question": "q", "response": "alpha beta gamma delta"},  # the fake rebuilds it exactly
         {"question": "q", "response": "alpha beta"},
     ]
     pairs, summary = dropout_ntp_pairs(rows, FakeContinuer(" gamma delta"))
-    assert [p["rejected"] for p in pairs] == ["alpha gamma delta"]
-    assert summary.as_dict() == {"n_rows": 3, "n_pairs": 1, "empty_response": 1, "identical": 1}
+    assert [p["rejected"] for p in pairs] == ["alpha beta gamma delta", "alpha gamma delta"]
+    assert summary.as_dict() == {"n_rows": 3, "n_pairs": 2, "empty_response": 1, "identical": 1}
 
 
 def test_start_ratio_must_be_a_fraction():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from continuation import greedy_reference, prefixed_prompt
 from synthetic import shapes_image
 
 from cascade_rl.models import encode_prompt
@@ -74,36 +75,18 @@ def test_a_prompt_samples_the_same_whatever_else_is_in_the_call(tiny_internvl):
     assert [r.token_ids for r in together[3:]] == [r.token_ids for r in alone]
 
 
-def greedy_reference(model, ids: torch.Tensor, pixel_values, suppressed: list[int], steps: int) -> list[int]:
-    """Greedy decoding by full forwards over `ids` [P] (no cache), image tokens never chosen, stopping at eos (2)."""
-    out = []
-    for _ in range(steps):
-        with torch.no_grad():
-            logits = model(input_ids=ids[None], pixel_values=pixel_values).logits[0, -1]
-        logits[suppressed] = float("-inf")
-        token = int(logits.argmax())
-        out.append(token)
-        if token == 2:
-            break
-        ids = torch.cat([ids, torch.tensor([token])])
-    return out
-
-
 @pytest.mark.parametrize("with_image", [True, False])
 def test_an_assistant_prefix_is_continued(tiny_internvl, with_image):
     model, processor = tiny_internvl
-    tokenizer = processor.tokenizer
-    prefix = "There are two"
-    base = request(1, 128)
+    prefix, question = "There are two", request(1, 128)
     if not with_image:
-        base = RolloutRequest("p1", [{"role": "user", "content": [{"type": "text", "text": "How many?"}]}])
-    continued = RolloutRequest(base.prompt_id, base.messages, base.images, assistant_prefix=prefix)
+        question = RolloutRequest("p1", [{"role": "user", "content": [{"type": "text", "text": "How many?"}]}])
+    continued = RolloutRequest(question.prompt_id, question.messages, question.images, assistant_prefix=prefix)
     engine = HFEngine(model, processor, max_tiles=6, batch_size=2)
     (out,) = engine.generate([continued], n=1, sampling=SamplingParams(temperature=0.0, max_new_tokens=8))
-    # The reference prompt: the plain generation prompt, then the prefix's own tokens.
-    prompt = encode_prompt(processor, base.messages, base.images, max_tiles=6)
-    ids = torch.cat([prompt.input_ids, torch.tensor(tokenizer(prefix, add_special_tokens=False)["input_ids"])])
+    ids, pixels = prefixed_prompt(processor, continued, max_tiles=6)
     assert torch.equal(out.prompt_inputs.input_ids, ids)
-    assert out.token_ids == greedy_reference(model, ids, prompt.pixel_values, processor.image_token_ids, 8)
+    expected = greedy_reference(model, ids, pixels, suppressed=processor.image_token_ids, eos_id=2, steps=8)
+    assert out.token_ids == expected
     body = out.token_ids[:-1] if out.finish_reason == "stop" else out.token_ids
-    assert out.text == prefix + tokenizer.decode(body) and out.text.startswith(prefix)
+    assert out.text == prefix + processor.tokenizer.decode(body)

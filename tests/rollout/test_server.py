@@ -19,7 +19,10 @@ SAMPLING = SamplingParams(temperature=1.0, max_new_tokens=5, seed=4)
 
 def requests():
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
-    return [RolloutRequest("a", messages, [shapes_image(128, 64)], {"answer": "3"})]
+    return [
+        RolloutRequest("a", messages, [shapes_image(128, 64)], {"answer": "3"}),
+        RolloutRequest("b", messages, [shapes_image(128, 64)], {"answer": "3"}, assistant_prefix="There are"),
+    ]
 
 
 @pytest.fixture
@@ -37,7 +40,9 @@ def test_generate_over_http_equals_the_local_engine(served):
     local_model, _ = build_tiny_internvl("tiny", seed=0)
     local = HFEngine(local_model, processor, max_tiles=4).generate(requests(), n=3, sampling=SAMPLING)
     assert [r.token_ids for r in remote] == [r.token_ids for r in local]
-    assert [r.meta for r in remote] == [{"answer": "3"}] * 3
+    assert [r.text for r in remote] == [r.text for r in local]  # the assistant prefix travels with request "b"
+    assert all(r.text.startswith("There are") for r in remote[3:])
+    assert [r.meta for r in remote] == [{"answer": "3"}] * 6
     torch.testing.assert_close(torch.tensor(remote[0].logprobs), torch.tensor(local[0].logprobs))
 
 

@@ -3,6 +3,7 @@ forcing, weight updates reaching the image path, and a text-only causal LM."""
 
 import pytest
 import torch
+from continuation import greedy_reference, prefixed_prompt
 from synthetic import shapes_image
 
 from cascade_rl.models import encode_prompt, load_policy
@@ -28,6 +29,22 @@ def test_prompt_tokens_equal_the_trainers_encoding(internvl_engine, hd32_checkpo
     (output,) = internvl_engine.llm.generate([internvl_engine._prompt(request)], use_tqdm=False)
     ours = encode_prompt(processor, request.messages, request.images, max_tiles=4)
     assert list(output.prompt_token_ids) == ours.input_ids.tolist()  # image block expanded identically
+
+
+def test_an_assistant_prefix_is_continued(internvl_engine, hd32_internvl):
+    model, processor = hd32_internvl
+    request = image_request("a")
+    request.assistant_prefix = "There are two"
+    (output,) = internvl_engine.llm.generate([internvl_engine._prompt(request)], use_tqdm=False)
+    ids, pixels = prefixed_prompt(processor, request, max_tiles=4)
+    assert list(output.prompt_token_ids) == ids.tolist()  # the prompt, then the prefix's tokens, left open
+    (out,) = sampled(internvl_engine, [request], 1, temperature=0.0, max_new_tokens=8)
+    eos = processor.tokenizer.eos_token_id
+    assert out.token_ids == greedy_reference(
+        model, ids, pixels, suppressed=processor.image_token_ids, eos_id=eos, steps=8
+    )
+    body = out.token_ids[:-1] if out.finish_reason == "stop" else out.token_ids
+    assert out.text == "There are two" + processor.tokenizer.decode(body)
 
 
 def test_n_samples_per_request_with_per_request_seeds(internvl_engine):

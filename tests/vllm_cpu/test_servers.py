@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from continuation import greedy_reference, prefixed_prompt
 from stages.conftest import gspo_config
 
 from cascade_rl.models import load_policy
@@ -92,6 +93,20 @@ def check_servers_decode_like_the_trainer(engine: VLLMServerEngine, model, proce
     for server in engine.servers:
         served = [engine._complete(server, r, 1, GREEDY)[0] for r in requests]
         checks.append((server.url, [s.token_ids for s in served] == [o.token_ids for o in own]))
+
+
+def test_a_server_continues_an_assistant_prefix(servers, hd32_internvl):
+    model, processor = hd32_internvl
+    engine = VLLMServerEngine([servers[0].url], processor, timeout_s=SERVER_TIMEOUT_S, retries=SERVER_RETRIES)
+    request = probe_requests()[1]
+    request.assistant_prefix = "There are two"
+    (out,) = engine.generate([request], n=1, sampling=GREEDY)
+    ids, pixels = prefixed_prompt(processor, request, max_tiles=4)
+    eos = processor.tokenizer.eos_token_id
+    expected = greedy_reference(model, ids, pixels, suppressed=processor.image_token_ids, eos_id=eos, steps=8)
+    assert out.token_ids == expected
+    body = out.token_ids[:-1] if out.finish_reason == "stop" else out.token_ids
+    assert out.text == "There are two" + processor.tokenizer.decode(body)
 
 
 def test_gspo_against_two_vllm_servers_pushes_weights_both_decode_like_the_trainer(
