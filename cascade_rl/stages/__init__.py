@@ -21,6 +21,12 @@ class Stage:
     config: str
     run: str
     help: str
+    in_default_cascade: bool = True  # listed in a recipe's `stages` when the recipe sets none
+
+    @property
+    def section(self) -> str:
+        """Its recipe section's key (a YAML key and dataclass field: no hyphen)."""
+        return self.name.replace("-", "_")
 
     def load(self) -> tuple[type, Callable[[Any], dict]]:
         module = importlib.import_module(f"cascade_rl.stages.{self.module}")
@@ -37,6 +43,14 @@ _TABLE = [
         "sample, score and store rollouts; write the ledger",
     ),
     Stage("pairs", "pairs", "PairsStageConfig", "run_pairs", "build MMPR preference pairs from a rollout store"),
+    Stage(
+        "dropout-ntp",
+        "dropout_ntp",
+        "DropoutNTPConfig",
+        "run_dropout_ntp",
+        "pairs for prompts without ground truth: a response vs. its truncation continued without the image",
+        in_default_cascade=False,
+    ),
     Stage("mpo", "mpo", "MPOConfig", "run_mpo", "train on preference pairs with MPO (DPO + BCO + LM)"),
     Stage("filter", "filter", "FilterStageConfig", "run_filter", "keep prompts whose pass rate lies in [low, high]"),
     Stage("gspo", "gspo", "GSPOConfig", "run_gspo", "online RL with GSPO: rollouts, rewards, group advantages"),
@@ -44,5 +58,6 @@ _TABLE = [
 ]
 STAGES: dict[str, Stage] = {stage.name: stage for stage in _TABLE}
 STAGE_ORDER = tuple(STAGES)  # the cascade's order
+DEFAULT_STAGES = tuple(stage.name for stage in _TABLE if stage.in_default_cascade)
 # The cascade's eval stage evaluates every checkpoint of the lineage with the same settings.
 CASCADE_EVAL = Stage("eval", "eval", "EvalSuite", "run_evals", "evaluate each checkpoint of the lineage")

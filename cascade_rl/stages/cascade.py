@@ -1,4 +1,5 @@
-"""The cascade: optional SFT warm-up → offline rollouts → ledger → pairs → MPO → difficulty filter → GSPO → eval.
+"""The cascade: optional SFT warm-up → offline rollouts → ledger → pairs (→ optional DropoutNTP pairs) → MPO →
+difficulty filter → GSPO → eval.
 
 Each stage writes into `runs/NAME/NN_stage/` and reads only files written before it; `runs/NAME/manifest.json`
 records the lineage. A rerun skips completed stages and resumes the interrupted one (each stage resumes itself).
@@ -20,7 +21,7 @@ from typing import Any
 
 from cascade_rl.config import ConfigError, from_dict
 from cascade_rl.rollout.vllm_support import require_vllm
-from cascade_rl.stages import CASCADE_EVAL, STAGE_ORDER, STAGES
+from cascade_rl.stages import CASCADE_EVAL, DEFAULT_STAGES, STAGE_ORDER, STAGES
 from cascade_rl.stages.manifest import Manifest, config_hash
 
 _POLICY = "from the checkpoint of the training stage before it (the top-level model_path for the first)"
@@ -36,7 +37,19 @@ CASCADE_SETS: dict[str, dict[str, str]] = {
         "out_dir": _DIR,
     },
     "pairs": {"rollouts": "from the rollout stage's output", "out": _DIR},
-    "mpo": {"model_path": _POLICY, "pairs": "from the pairs stage's output", "image_root": _IMAGES, "out_dir": _DIR},
+    "dropout-ntp": {
+        "model_path": _POLICY,
+        "prompts": "from data.open_ended (set it there)",
+        "image_root": _IMAGES,
+        "out_dir": _DIR,
+        "base_pairs": "from the pairs stage's output (none without a pairs stage)",
+    },
+    "mpo": {
+        "model_path": _POLICY,
+        "pairs": "from the pairs stage's output (the dropout-ntp stage's, which includes it, when that runs)",
+        "image_root": _IMAGES,
+        "out_dir": _DIR,
+    },
     "filter": {"ledger": "from the rollout stage's output", "prompts": "from data.train (set it there)", "out": _DIR},
     "gspo": {
         "model_path": _POLICY,
@@ -56,6 +69,7 @@ OUTPUTS: dict[str, dict[str, str]] = {
     "sft": {"checkpoint": "final"},
     "rollout": {"rollouts": "rollouts", "ledger": "ledger.json"},
     "pairs": {"pairs": "pairs.jsonl"},
+    "dropout-ntp": {"pairs": "pairs.jsonl", "rollouts": "rollouts"},
     "mpo": {"checkpoint": "final"},
     "filter": {"prompts": "prompts.jsonl"},
     "gspo": {"checkpoint": "final"},
@@ -66,29 +80,33 @@ OUTPUTS: dict[str, dict[str, str]] = {
 @dataclass(frozen=True)
 class DataConfig:
     """train: prompts with ground truth (jsonl); heldout: evaluation prompts; sft: rows with a `response` column
-    (optional: no SFT warm-up without it); image_root: where every file's relative image paths point."""
+    (optional: no SFT warm-up without it); open_ended: prompts without ground truth for the dropout-ntp stage
+    (optional); image_root: where every file's relative image paths point."""
 
     train: str = ""
     heldout: str = ""
     sft: str | None = None
+    open_ended: str | None = None
     image_root: str | None = None
 
 
 @dataclass(frozen=True)
 class CascadeConfig:
     """`cascade-rl run RECIPE.yaml [key=value ...]`. Per-stage sections hold that stage's config keys (see
-    `cascade-rl print-config`), except those the cascade sets (`CASCADE_SETS`), which are refused. `seed` is the
-    default of every stage's seed (`seed`, or `sampling.seed` for rollout); a seed set in a section wins."""
+    `cascade-rl print-config`; the dropout-ntp stage's section is `dropout_ntp`), except those the cascade sets
+    (`CASCADE_SETS`), which are refused. `stages` lists every stage but dropout-ntp unless the recipe says otherwise.
+    `seed` is the default of every stage's seed (`seed`, or `sampling.seed`); a seed set in a section wins."""
 
     name: str = "cascade"
     runs_dir: str = "runs"
     model_path: str = ""
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER))
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))
     sft: dict = field(default_factory=dict)
     rollout: dict = field(default_factory=dict)
     pairs: dict = field(default_factory=dict)
+    dropout_ntp: dict = field(default_factory=dict)
     mpo: dict = field(default_factory=dict)
     filter: dict = field(default_factory=dict)
     gspo: dict = field(default_factory=dict)
@@ -102,10 +120,12 @@ class CascadeConfig:
             raise ValueError(f"stages must keep the cascade order {', '.join(STAGE_ORDER)}")
         if "sft" in self.stages and not self.data.sft:
             raise ValueError("the sft stage needs data.sft (rows with a `response` column); or drop it from stages")
+        if "dropout-ntp" in self.stages and not self.data.open_ended:
+            raise ValueError("the dropout-ntp stage needs data.open_ended (prompts without ground truth); or drop it")
         if not self.model_path:
             raise ValueError("model_path is required (a Hugging Face format checkpoint directory)")
         for stage in STAGE_ORDER:
-            refuse_cascade_keys(stage, getattr(self, stage))
+            refuse_cascade_keys(stage, getattr(self, STAGES[stage].section))
 
     @property
     def run_dir(self) -> Path:
@@ -114,12 +134,13 @@ class CascadeConfig:
 
 def refuse_cascade_keys(stage: str, section: dict) -> None:
     """A recipe section may not set what the cascade sets: it would be overridden without a word."""
+    name = STAGES[stage].section
     if not isinstance(section, dict):
-        raise ValueError(f"recipe key {stage}: expected a section (mapping) of {stage} config keys, got {section!r}")
+        raise ValueError(f"recipe key {name}: expected a section (mapping) of {stage} config keys, got {section!r}")
     for key, source in CASCADE_SETS[stage].items():
         if key in section:
             raise ValueError(
-                f"recipe key {stage}.{key}: the cascade sets it {source}; remove it, or run the stage alone with "
+                f"recipe key {name}.{key}: the cascade sets it {source}; remove it, or run the stage alone with "
                 f"`cascade-rl {stage}`"
             )
 
@@ -174,7 +195,7 @@ def _plan_stage(config: CascadeConfig, name: str, produced: dict[str, dict]) -> 
     directory = stage_dir(config, name)
     outputs = {key: str(directory / path) for key, path in OUTPUTS[name].items()}
     inputs = _inputs(config, name, produced, outputs)
-    section = _seeded(STAGES[name].load()[0], getattr(config, name), config.seed)
+    section = _seeded(STAGES[name].load()[0], getattr(config, STAGES[name].section), config.seed)
     if name == "eval":
         settings = {**section, "prompts": inputs["prompts"], "image_root": inputs["image_root"]}
         values = {"checkpoints": inputs["checkpoints"], "settings": settings, "out_dir": str(directory)}
@@ -194,8 +215,19 @@ def _inputs(config: CascadeConfig, name: str, produced: dict[str, dict], outputs
         return {"model_path": policy, "prompts": data.train, "image_root": data.image_root, "out_dir": directory}
     if name == "pairs":
         return {"rollouts": _output_of(config, produced, name, "rollout", "rollouts"), "out": outputs["pairs"]}
+    if name == "dropout-ntp":
+        base = produced["pairs"]["pairs"] if "pairs" in produced else None
+        prompts, images = data.open_ended, data.image_root
+        return {
+            "model_path": policy,
+            "prompts": prompts,
+            "image_root": images,
+            "out_dir": directory,
+            "base_pairs": base,
+        }
     if name == "mpo":
-        pairs = _output_of(config, produced, name, "pairs", "pairs")
+        producer = "dropout-ntp" if "dropout-ntp" in produced else "pairs"  # its pairs include the pairs stage's
+        pairs = _output_of(config, produced, name, producer, "pairs")
         return {"model_path": policy, "pairs": pairs, "image_root": data.image_root, "out_dir": directory}
     if name == "filter":
         ledger = _output_of(config, produced, name, "rollout", "ledger")

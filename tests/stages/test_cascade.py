@@ -16,7 +16,7 @@ from cascade_rl.demo import RECIPE, prepare
 from cascade_rl.stages import cascade
 from cascade_rl.stages.cascade import (
     CASCADE_SETS,
-    STAGE_ORDER,
+    DEFAULT_STAGES,
     CascadeConfig,
     plan_stages,
     resolved_config,
@@ -41,16 +41,17 @@ def built(config: CascadeConfig, manifest=None) -> dict:
 
 @pytest.mark.parametrize(("stage", "key"), [(s, k) for s, keys in CASCADE_SETS.items() for k in keys])
 def test_a_key_the_cascade_sets_is_refused_by_name_with_the_fix(tmp_path, stage, key):
-    with pytest.raises(ConfigError, match=rf"recipe key {stage}\.{key}: the cascade sets it .*`cascade-rl {stage}`"):
-        recipe(tmp_path, **{stage: {key: "mine"}})
+    section = stage.replace("-", "_")  # the dropout-ntp stage's recipe section is dropout_ntp
+    with pytest.raises(ConfigError, match=rf"recipe key {section}\.{key}: the cascade sets it .*`cascade-rl {stage}`"):
+        recipe(tmp_path, **{section: {key: "mine"}})
 
 
 def test_the_refusal_says_where_the_value_comes_from(tmp_path):
     with pytest.raises(ConfigError) as err:
         recipe(tmp_path, mpo={"pairs": "my_pairs.jsonl"})
     assert str(err.value).endswith(
-        "recipe key mpo.pairs: the cascade sets it from the pairs stage's output; remove it, or run the stage "
-        "alone with `cascade-rl mpo`"
+        "recipe key mpo.pairs: the cascade sets it from the pairs stage's output (the dropout-ntp stage's, which "
+        "includes it, when that runs); remove it, or run the stage alone with `cascade-rl mpo`"
     )
     with pytest.raises(ConfigError, match=r"gspo.image_root: the cascade sets it from data.image_root \(set it there"):
         recipe(tmp_path, gspo={"image_root": "/elsewhere"})
@@ -77,14 +78,14 @@ def test_within_one_run_each_stage_reads_the_planned_outputs_of_the_ones_before(
     assert stages["mpo"].pairs == stages["pairs"].out == str(run / "02_pairs" / "pairs.jsonl")
     assert stages["filter"].ledger == str(run / "01_rollout" / "ledger.json")
     assert (stages["gspo"].model_path, stages["gspo"].prompts) == (
-        str(run / "03_mpo" / "final"),
+        str(run / "04_mpo" / "final"),
         stages["filter"].out,
     )
-    assert stages["gspo"].out_dir == str(run / "05_gspo")
+    assert stages["gspo"].out_dir == str(run / "06_gspo")
     assert stages["eval"].checkpoints == {
         "sft": str(run / "00_sft" / "final"),
-        "mpo": str(run / "03_mpo" / "final"),
-        "gspo": str(run / "05_gspo" / "final"),
+        "mpo": str(run / "04_mpo" / "final"),
+        "gspo": str(run / "06_gspo" / "final"),
     }
     assert stages["eval"].eval_config("mpo").prompts == "heldout.jsonl"
 
@@ -114,7 +115,7 @@ def test_outputs_of_stages_finished_earlier_come_from_the_manifest(tmp_path):
     assert list(stages["eval"].checkpoints.values()) == [
         "/earlier/sft",
         "/earlier/mpo",
-        str(tmp_path / "t/05_gspo/final"),
+        str(tmp_path / "t/06_gspo/final"),
     ]
 
 
@@ -173,15 +174,15 @@ def test_cascade_runs_records_its_lineage_skips_on_rerun_and_rl_helps(tmp_path, 
     assert main(args) == 0
     run = tmp_path / "ci"
     manifest = json.loads((run / "manifest.json").read_text())
-    assert list(manifest["stages"]) == list(STAGE_ORDER)
+    assert list(manifest["stages"]) == list(DEFAULT_STAGES)
     for name, entry in manifest["stages"].items():
         assert entry["status"] == "done" and entry["wall_s"] >= 0 and entry["versions"]["torch"], name
         assert entry["inputs"] and entry["config"] and len(entry["config_hash"]) == 16, name
         assert all(Path(p).exists() for p in entry["outputs"].values()), name
-    summary = json.loads((run / "06_eval" / "summary.json").read_text())
+    summary = json.loads((run / "07_eval" / "summary.json").read_text())
     assert set(summary["accuracy"]) == {"sft", "mpo", "gspo"}
     assert summary["reward"]["gspo"] > summary["reward"]["sft"], summary
 
     capsys.readouterr()
     assert main(args) == 0
-    assert capsys.readouterr().out.count("done before, skipped") == len(STAGE_ORDER)
+    assert capsys.readouterr().out.count("done before, skipped") == len(DEFAULT_STAGES)
