@@ -96,6 +96,23 @@ def test_without_sft_and_filter_base_is_evaluated_and_gspo_reads_data_train(tmp_
     assert list(stages["eval"].checkpoints) == ["base", "mpo", "gspo"]
 
 
+def test_dropout_ntp_runs_between_pairs_and_mpo_and_hands_on_both_kinds_of_pair(tmp_path):
+    data = {**DATA, "open_ended": "open.jsonl"}
+    stages = ["rollout", "pairs", "dropout-ntp", "mpo"]
+    run = tmp_path / "t"
+    ntp = built(recipe(tmp_path, data=data, stages=stages, dropout_ntp={"start_ratio": 0.25}))
+    assert (ntp["dropout-ntp"].model_path, ntp["dropout-ntp"].prompts) == ("/base", "open.jsonl")
+    assert ntp["dropout-ntp"].base_pairs == ntp["pairs"].out  # its pairs.jsonl starts with the pairs stage's rows
+    assert ntp["dropout-ntp"].out_dir == str(run / "03_dropout-ntp")
+    assert ntp["mpo"].pairs == str(run / "03_dropout-ntp" / "pairs.jsonl")
+    assert (ntp["dropout-ntp"].start_ratio, ntp["dropout-ntp"].sampling.seed) == (0.25, 3)  # its section; the seed
+    alone = built(recipe(tmp_path, data=data, stages=["dropout-ntp", "mpo"]))
+    assert alone["dropout-ntp"].base_pairs is None and alone["mpo"].pairs == str(run / "03_dropout-ntp/pairs.jsonl")
+    assert "dropout-ntp" not in recipe(tmp_path).stages  # off unless a recipe lists it
+    with pytest.raises(ConfigError, match=r"the dropout-ntp stage needs data.open_ended \(prompts without ground"):
+        recipe(tmp_path, stages=stages)
+
+
 def finished(manifest: Manifest, name: str, outputs: dict) -> None:
     manifest.start(name, directory=Path("/earlier"), inputs={}, config={}, digest="0")
     manifest.finish(name, outputs=outputs, wall_s=1.0, summary={})

@@ -2,7 +2,8 @@
 responses, InternVL's sampling), the pairs written (exact rows, counts, identical kept, base pairs first), bad base
 pairs, and a crash at either engine call resumed to the uninterrupted result. Tiny InternVL through the CLI: counts,
 prefixes at half the words, the continuation's log-probs those of the image-free prompt + prefix, and a store
-cut back mid-run (a torn line included) resumed to the same pairs file."""
+cut back mid-run (a torn line included) resumed to the same pairs file. Slow: `cascade-rl run` of a tiny cascade
+dropout-ntp → MPO."""
 
 import json
 from dataclasses import replace
@@ -206,3 +207,27 @@ def test_the_continuation_is_sampled_from_the_image_free_prompt_and_prefix(tiny_
     eos = processor.tokenizer.eos_token_id
     body = ntp["token_ids"][:-1] if ntp["token_ids"][-1] == eos else ntp["token_ids"]
     assert ntp["rejected"] == ntp["prefix"] + processor.tokenizer.decode(body)
+
+
+@pytest.mark.slow  # about 20 s: sampling, then an MPO step with its reference pass
+def test_a_tiny_cascade_trains_mpo_on_the_dropout_ntp_pairs(tiny_checkpoint, tmp_path):
+    import yaml
+
+    write_prompts(tmp_path, n=4)
+    recipe = {
+        "name": "ntp",
+        "runs_dir": str(tmp_path / "runs"),
+        "model_path": str(tiny_checkpoint),
+        "stages": ["dropout-ntp", "mpo"],
+        "data": {"open_ended": str(tmp_path / "prompts.jsonl"), "image_root": str(tmp_path / "images")},
+        "dropout_ntp": {"max_tiles": 4, "sampling": {"n": 2, "max_new_tokens": 12}},
+        "mpo": {"max_tiles": 4, "optim": {"max_steps": 1, "per_device_batch": 2, "lr": 1e-3, "warmup_ratio": 0.0}},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "recipe.yaml")]) == 0
+    manifest = json.loads((tmp_path / "runs" / "ntp" / "manifest.json").read_text())
+    ntp, mpo = manifest["stages"]["dropout-ntp"], manifest["stages"]["mpo"]
+    assert ntp["status"] == mpo["status"] == "done"
+    assert mpo["inputs"]["pairs"] == ntp["outputs"]["pairs"] == str(tmp_path / "runs/ntp/03_dropout-ntp/pairs.jsonl")
+    assert ntp["summary"]["n_pairs"] == len(read_jsonl(ntp["outputs"]["pairs"])) > 0
+    assert (tmp_path / "runs/ntp/04_mpo/final/config.json").is_file()
