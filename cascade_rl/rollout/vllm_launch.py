@@ -40,6 +40,8 @@ def serve_command(settings: ServeSettings) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) that start vLLM's server with `settings`."""
     import torch
 
+    from cascade_rl.models.chat import tiling_kwargs
+
     s = settings
     backend = s.weight_backend or ("nccl" if torch.cuda.is_available() else "gloo")
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model)]
@@ -47,8 +49,8 @@ def serve_command(settings: ServeSettings) -> tuple[list[str], dict[str, str]]:
     argv += ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
     argv += ["--logprobs-mode", "processed_logprobs", "--generation-config", "vllm"]
     argv += ["--weight-transfer-config", json.dumps({"backend": backend})]
-    if _has_vision(s.model):
-        argv += ["--mm-processor-kwargs", json.dumps({"max_patches": s.max_tiles, "crop_to_patches": True})]
+    if _has_vision(s.model):  # the one-image budget; a request with several images sends its own
+        argv += ["--mm-processor-kwargs", json.dumps(tiling_kwargs(s.max_tiles))]
     if s.max_model_len:
         argv += ["--max-model-len", str(s.max_model_len)]
     if s.kv_cache_gib:
