@@ -2,10 +2,13 @@
 (vLLM's per-request `mm_processor_kwargs`, the keys the colocated engine passes; tests/vllm_cpu checks vLLM tiles
 by them like the trainer)."""
 
+import json
+
 from synthetic import shapes_image
 
 from cascade_rl.data import PromptRow
 from cascade_rl.rollout import RolloutRequest, SamplingParams
+from cascade_rl.rollout.vllm_launch import ServeSettings, serve_command
 from cascade_rl.rollout.vllm_server import VLLMServerEngine
 
 
@@ -61,3 +64,10 @@ def test_the_system_turn_goes_first_as_given(tiny_internvl):
     (body,) = sent_bodies(tiny_internvl[1], [request(1, system="Count carefully.")], max_tiles=12)
     assert body["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "Count carefully."}]}
     assert body["messages"][1]["role"] == "user"
+
+
+def test_served_vision_models_take_the_budget_per_request(tiny_checkpoint):
+    argv, _ = serve_command(ServeSettings(model=str(tiny_checkpoint), max_tiles=12))
+    # vLLM refuses per-request mm_processor_kwargs unless the server trusts them
+    assert "--trust-request-mm-kwargs" in argv
+    assert json.loads(argv[argv.index("--mm-processor-kwargs") + 1]) == {"crop_to_patches": True, "max_patches": 12}
