@@ -42,7 +42,7 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:  # recipes may hold non-ASCII text (system prompts)
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")

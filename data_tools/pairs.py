@@ -16,7 +16,7 @@ or on the other keys.
 
 Output rows are MMPR jsonl rows: {"image": str | [str] (absent without images), "question": str (with
 `<image>` placeholders), "chosen": str, "rejected": str, "answer_gt": any, "chosen_meta": {...},
-"rejected_meta": {...}}.
+"rejected_meta": {...}}, plus "system_prompt" when the prompt row had its own (MPO then trains under it).
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ def pair_row(chosen: RolloutRecord, rejected: RolloutRecord) -> dict[str, Any]:
         row["image"] = chosen.images[0] if len(chosen.images) == 1 else list(chosen.images)
     row["question"] = with_image_placeholders(chosen.question, len(chosen.images))
     row.update(chosen=chosen.text, rejected=rejected.text, answer_gt=chosen.answer)
+    if chosen.meta.get("system_prompt") is not None:
+        row["system_prompt"] = chosen.meta["system_prompt"]
     row.update(chosen_meta=_meta(chosen), rejected_meta=_meta(rejected))
     return row
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from models.test_system_prompt import INTERNVL_DEFAULT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,11 @@ def test_recipe_validates_without_loading_a_model(recipe, recwarn):
         assert (gspo.sampling.n, gspo.prompts_per_step, gspo.sampling.temperature) == (16, 512, 1.0)
         assert gspo.freeze_vision and gspo.kl_coef == 0.0
         assert gspo.optim.lr == (8e-7 if "241b" in recipe.name else 1e-6)
+        # Offline prompts as InternVL's pipeline (SPEC §2): its template's default system prompt in sampling and MPO,
+        # the en_v2 boxed-answer instruction in sampling; online (verl) renders no system turn.
+        rollout = built["RolloutStageConfig"]
+        assert rollout.system_prompt == mpo.system_prompt == INTERNVL_DEFAULT
+        assert rollout.prompt_instruction == "internvl" and gspo.system_prompt is None
 
 
 def test_a_misspelt_key_is_refused_with_the_valid_ones():

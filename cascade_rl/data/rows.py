@@ -93,5 +93,7 @@ class PromptRow:
         return messages
 
     def columns(self) -> dict[str, Any]:
-        """Dataset columns for rewards and stores: question, images, answer and every extra column."""
-        return {"question": self.question, "images": list(self.images), "answer": self.answer, **self.extra}
+        """Dataset columns for rewards and stores: question, images, answer, every extra column, and the row's own
+        system_prompt when it has one (so its preference pairs carry it too)."""
+        own = {} if self.system_prompt is None else {"system_prompt": self.system_prompt}
+        return {"question": self.question, "images": list(self.images), "answer": self.answer, **self.extra, **own}

@@ -5,7 +5,15 @@ Stages never touch `pixel_values` or tiling themselves; they call these function
 `collate_prompts` (inputs.py) into batched model tensors; pairs.py encodes and scores MPO pairs.
 """
 
-from cascade_rl.models.chat import EncodedChat, encode_chat, encode_prompt, process_images, tokenizer_of
+from cascade_rl.models.chat import (
+    EncodedChat,
+    encode_chat,
+    encode_prompt,
+    process_images,
+    tiles_per_image,
+    tiling_kwargs,
+    tokenizer_of,
+)
 from cascade_rl.models.inputs import (
     PromptInputs,
     collate_chats,
@@ -41,6 +49,8 @@ __all__ = [
     "load_policy",
     "process_images",
     "save_policy",
+    "tiles_per_image",
+    "tiling_kwargs",
     "tokenizer_of",
     "with_vision_cache",
 ]

@@ -34,11 +34,12 @@ def tokenizer_of(processor):
 
 
 def process_images(processor, images: list[Image.Image], *, max_tiles: int) -> tuple[torch.Tensor | None, list[int]]:
-    """Dynamic tiling (SPEC §6): pixel_values [N_tiles, 3, H, W] and the tile count of each image."""
+    """Dynamic tiling (SPEC §6): pixel_values [N_tiles, 3, H, W] and the tile count of each image, each image
+    cropped into at most `tiles_per_image(max_tiles, len(images))` tiles (plus its thumbnail)."""
     if not images:
         return None, []
     out = _image_processor(processor)(
-        images=[im.convert("RGB") for im in images], **_tiling(max_tiles), return_tensors="pt"
+        images=[im.convert("RGB") for im in images], **tiling_kwargs(max_tiles, len(images)), return_tensors="pt"
     )
     num_tiles = [int(n) for n in out["num_patches"]]
     return out["pixel_values"], num_tiles
@@ -49,12 +50,25 @@ def tile_counts(processor, sizes: list[tuple[int, int]], *, max_tiles: int) -> l
     if not sizes:
         return []
     count = _image_processor(processor).get_number_of_image_patches
-    return [int(count(height, width, _tiling(max_tiles))) for width, height in sizes]
+    tiling = tiling_kwargs(max_tiles, len(sizes))
+    return [int(count(height, width, tiling)) for width, height in sizes]
 
 
-def _tiling(max_tiles: int) -> dict:
-    """InternVL's dynamic tiling settings: crop into at most `max_tiles` tiles (plus a thumbnail when cropped)."""
-    return {"crop_to_patches": True, "max_patches": max_tiles}
+def tiles_per_image(max_tiles: int, n_images: int) -> int:
+    """InternVL's tile budget of each image of a prompt with `n_images` images: max(1, max_tiles // n_images).
+
+    One image keeps the whole budget; 2 images at 12 get 6 each; 5 images at 4 get 1 each (SPEC §2; InternVL's
+    `internvl_chat_mpo.py::multi_modal_multi_image_get_item` and verl-internvl's preprocessor). Every path that
+    tiles (training, log-probs, the HF and vLLM engines) takes its budget from here.
+    """
+    return max(1, max_tiles // max(n_images, 1))
+
+
+def tiling_kwargs(max_tiles: int, n_images: int = 1) -> dict:
+    """The image processor's dynamic tiling settings for each image of a prompt with `n_images` images: crop into at
+    most `tiles_per_image(max_tiles, n_images)` tiles, plus a thumbnail when cropped. vLLM takes the same keys as
+    `mm_processor_kwargs`."""
+    return {"crop_to_patches": True, "max_patches": tiles_per_image(max_tiles, n_images)}
 
 
 def _image_processor(processor):

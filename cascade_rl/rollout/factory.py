@@ -42,7 +42,7 @@ def make_engine(
     only), group_host, group_port.
     """
     if kind in ("server", "hf-server"):
-        engine = _server_client(kind, list(server_urls or []), processor, **server_options)
+        engine = _server_client(kind, list(server_urls or []), processor, max_tiles=max_tiles, **server_options)
         engine.wait_until_ready(server_wait_s)
         return engine
     if kind == "vllm":
@@ -79,7 +79,9 @@ def check_server_settings(kind: str, urls: list[str], weight_transport: str) -> 
         raise ValueError("engine hf-server talks to one server; several servers are vLLM's: use engine server")
 
 
-def _server_client(kind: str, urls: list[str], processor, *, weight_transport: str = "auto", **options):
+def _server_client(
+    kind: str, urls: list[str], processor, *, max_tiles: int, weight_transport: str = "auto", **options
+):
     """The client of the configured rollout servers: vLLM servers (kind server) or the HF test double."""
     import torch
 
@@ -89,7 +91,7 @@ def _server_client(kind: str, urls: list[str], processor, *, weight_transport: s
     if kind == "server":
         from cascade_rl.rollout.vllm_server import VLLMServerEngine
 
-        return VLLMServerEngine(urls, processor, weight_backend=weight_transport, **options)
-    from cascade_rl.rollout.client import ServerEngine
+        return VLLMServerEngine(urls, processor, max_tiles=max_tiles, weight_backend=weight_transport, **options)
+    from cascade_rl.rollout.client import ServerEngine  # the HF test double tiles with its own max_tiles
 
     return ServerEngine(urls[0], weight_transport=weight_transport, **options)

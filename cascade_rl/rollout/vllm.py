@@ -3,6 +3,7 @@
 - Prompts are rendered with the checkpoint's own chat template; an image part becomes `<IMG_CONTEXT>`, which vLLM's
   InternVL processor expands exactly as `models.encode_prompt` does (a test checks the token ids are equal). A
   request's assistant prefix ends the rendered prompt (`models.chat.render_prompt`), so the samples continue it.
+  Each request carries its per-image tile budget (`models.tiling_kwargs`: max(1, max_tiles // images)).
   vLLM tiles the images inside vLLM, so these rollouts bring no `prompt_inputs`: a trainer encodes the prompt
   for scoring itself (train/groups.py::make_group), once per prompt.
 - n samples per prompt come from one request with `n=`. With `sampling.seed` set, the request is seeded by
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from cascade_rl.models import tokenizer_of
+from cascade_rl.models import tiling_kwargs, tokenizer_of
 from cascade_rl.models.chat import render_prompt
 from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.hf import request_seed
@@ -56,8 +57,9 @@ class VLLMEngine:
         self.tokenizer = tokenizer_of(processor)
         self.sleep_between_calls = settings.sleep and current_platform.is_sleep_mode_available()
         self.awake = {"weights", "kv_cache"}
-        if hasattr(processor, "image_processor"):
-            llm_kwargs.setdefault("mm_processor_kwargs", {"max_patches": max_tiles, "crop_to_patches": True})
+        self.max_tiles = max_tiles
+        if hasattr(processor, "image_processor"):  # the largest budget (one image); each request sets its own
+            llm_kwargs.setdefault("mm_processor_kwargs", tiling_kwargs(max_tiles))
         if settings.max_model_len:
             llm_kwargs.setdefault("max_model_len", settings.max_model_len)
         if current_platform.is_cpu():
@@ -100,6 +102,7 @@ class VLLMEngine:
         prompt = {"prompt": render_prompt(self.processor, request.chat())}  # an assistant prefix ends it, open
         if request.images:
             prompt["multi_modal_data"] = {"image": [im.convert("RGB") for im in request.images]}
+            prompt["mm_processor_kwargs"] = tiling_kwargs(self.max_tiles, len(request.images))
         return prompt
 
     def _sampling(self, n: int, sampling: SamplingParams, prompt_id: str):

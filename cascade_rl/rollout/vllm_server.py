@@ -25,7 +25,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from cascade_rl.models import tokenizer_of
+from cascade_rl.models import tiling_kwargs, tokenizer_of
 from cascade_rl.rollout.base import EngineUnavailable, Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.client import TransferFailed
 from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES
@@ -68,7 +68,8 @@ class FleetClient:
 class VLLMServerEngine:
     """Rollouts from, and weights to, the `vllm serve` processes at `urls`.
 
-    processor: the policy's processor (chat template, tokenizer, image token ids); weight_backend: "nccl" or "gloo"
+    processor: the policy's processor (chat template, tokenizer, image token ids); max_tiles: the tile budget of a
+    prompt, sent with each request (`models.tiling_kwargs`); weight_backend: "nccl" or "gloo"
     (the servers' `--weight-transfer-config` backend); group_host: this trainer's address as the servers see it;
     group_port: 0 picks a free port; wire_dtype: the dtype weights travel in ("bfloat16", "float32"; "auto": the
     dtype the servers run, read from their /server_info; None: the trainer's own).
@@ -79,6 +80,7 @@ class VLLMServerEngine:
         urls: list[str],
         processor,
         *,
+        max_tiles: int = 12,
         timeout_s: float = 600.0,
         retries: int = 3,
         backoff_s: float = 1.0,
@@ -91,7 +93,7 @@ class VLLMServerEngine:
         if not urls:
             raise ValueError("VLLMServerEngine needs at least one server URL")
         self.servers = [ServerCalls(u, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s) for u in urls]
-        self.processor, self.tokenizer = processor, tokenizer_of(processor)
+        self.processor, self.tokenizer, self.max_tiles = processor, tokenizer_of(processor), max_tiles
         self.suppressed = {str(int(i)): IMAGE_TOKEN_BIAS for i in getattr(processor, "image_token_ids", [])}
         self.weight_backend, self.group_host, self.group_port = weight_backend, group_host, group_port
         self.wire_dtype, self.bucket_bytes, self.timeout_s = wire_dtype, bucket_bytes, timeout_s
@@ -139,6 +141,8 @@ class VLLMServerEngine:
             "add_generation_prompt": not request.assistant_prefix,
             "continue_final_message": bool(request.assistant_prefix),
         }
+        if request.images:  # per-image tile budget, as every other path tiles (overrides the server's default)
+            body["mm_processor_kwargs"] = tiling_kwargs(self.max_tiles, len(request.images))
         if sampling.seed is not None:
             body["seed"] = request_seed(sampling.seed, request.prompt_id, 0) % 2**31
         if self.suppressed:

@@ -60,7 +60,9 @@ MPO_OPTIM = OptimConfig(lr=2e-7, lr_schedule="cosine", warmup_ratio=0.03, weight
 @dataclass(frozen=True)
 class MPOConfig:
     """InternVL3.5's released MPO settings are the defaults (SPEC §1): `optim` MPO_OPTIM, β 0.1, weights
-    (0.8, 0.2, 1.0), max 12 tiles."""
+    (0.8, 0.2, 1.0), max 12 tiles. `system_prompt`: the system message of pairs without their own `system_prompt`
+    (InternVL trains under its template's default, `data.prompting.INTERNVL_SYSTEM_PROMPT`: the InternVL3.5
+    recipes set it)."""
 
     model_path: str = ""
     pairs: str = ""
@@ -72,6 +74,7 @@ class MPOConfig:
     loss_weights: tuple[float, float, float] = (0.8, 0.2, 1.0)
     optim: OptimConfig = field(default_factory=lambda: MPO_OPTIM)
     max_tiles: int = 12
+    system_prompt: str | None = None
     max_length: int = 16384
     on_overlong: Literal["drop", "raise"] = "drop"
     freeze_vision: bool = False
@@ -129,6 +132,7 @@ def reference_cache(config: MPOConfig, n_pairs: int) -> tuple[Path, dict]:
         "reference": checkpoint_fingerprint(config.reference_path or config.model_path),
         "pairs": file_sha256([Path(config.pairs)]),
         "max_tiles": config.max_tiles,
+        "system_prompt": config.system_prompt,
         "max_length": config.max_length,
         "n_pairs": n_pairs,
     }
@@ -167,6 +171,7 @@ def run_mpo(config: MPOConfig) -> dict:
         max_tiles=config.max_tiles,
         max_length=config.max_length,
         on_overlong=config.on_overlong,
+        system_prompt=config.system_prompt,
     )
     if not pairs:
         raise DataError(f"{config.pairs}: no trainable pairs ({data_summary}); fix the file or raise max_length")

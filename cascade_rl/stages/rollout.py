@@ -3,13 +3,18 @@
 `run_rollouts` fills `out_dir/rollouts/` and writes `out_dir/ledger.json`. Rerunning resumes: prompts whose n
 samples are stored are skipped, a torn last line is dropped, and because rollouts are seeded per prompt the resumed
 run stores what an uninterrupted run would.
+
+Prompt shaping (data/prompting.py): `prompt_instruction` rewrites each question before sampling (InternVL's `en_v2`
+boxed-answer instruction with `internvl`); the store, and so the pairs, keep the rewritten question, under the
+row's original id. `system_prompt` is the system message of rows that carry none (InternVL3.5 recipes: InternVL's
+template default).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +22,7 @@ from tqdm import tqdm
 
 from cascade_rl.config import check_choices, dump_yaml
 from cascade_rl.data import read_prompts, row_to_request
+from cascade_rl.data.prompting import PromptInstruction, with_prompt_instruction
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, reward_runner, score_rollouts
@@ -42,6 +48,7 @@ class RolloutStageConfig:
     engine_batch_size: int = 8
     prompts_per_batch: int = 8
     system_prompt: str | None = None
+    prompt_instruction: PromptInstruction = "none"
     sampling: SamplingConfig = field(default_factory=lambda: ROLLOUT_SAMPLING)
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
@@ -65,6 +72,11 @@ def add_failures(total: dict[str, dict[str, int]], batch: dict[str, dict[str, in
             total[name][kind] += count
 
 
+def instructed(row, instruction: PromptInstruction):
+    """The prompt row with its question under `instruction` (`with_prompt_instruction`); id and columns kept."""
+    return replace(row, question=with_prompt_instruction(row.question, len(row.images), instruction))
+
+
 def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     """Sample, score and store rollouts for every prompt not yet done; write the ledger and a summary."""
     if engine is None and config.engine == "vllm":
@@ -73,6 +85,7 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows, read_summary = read_prompts(config.prompts, config.image_root, on_error=config.on_error)
     dump_yaml(config, out / "rollout_config.yaml")  # once the input reads: a refused rerun keeps the last one
+    rows = [instructed(row, config.prompt_instruction) for row in rows]
     store = RolloutStore(out / "rollouts")
     done = store.done_prompt_ids(config.sampling.n)
     todo = [row for row in rows if row.id not in done]

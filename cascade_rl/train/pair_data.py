@@ -27,31 +27,44 @@ class PairFileSummary(LoadSummary):
 
 
 def load_pairs(
-    path: str | Path, processor, *, image_root: str | None, max_tiles: int, max_length: int, on_overlong: str
+    path: str | Path,
+    processor,
+    *,
+    image_root: str | None,
+    max_tiles: int,
+    max_length: int,
+    on_overlong: str,
+    system_prompt: str | None = None,
 ) -> tuple[PairSource, PairFileSummary]:
     """Read, check and measure every pair (no pixels kept). A pair longer than max_length is dropped and counted
     (`on_overlong="drop"`) or refused with its line (`"raise"`); it is never truncated, so image tokens always
-    match image features."""
+    match image features. `system_prompt`: the system message of pairs without their own `system_prompt`."""
     rows, summary = [], PairFileSummary()
     for source, record in tqdm(list(iter_raw_records(path)), desc="measure pairs", unit="pair"):
         if isinstance(record, DataError):
             raise record
         summary.rows += 1
-        pair = measure_pair(record, source, processor, image_root=image_root, max_tiles=max_tiles)
+        pair = measure_pair(
+            record, source, processor, image_root=image_root, max_tiles=max_tiles, system_prompt=system_prompt
+        )
         if admit(summary, source, pair.num_tokens, max_length=max_length, on_overlong=on_overlong, what="pair"):
             rows.append(pair)
     summary.kept = len(rows)
-    return PairSource(rows, processor, image_root=image_root, max_tiles=max_tiles), summary
+    return PairSource(
+        rows, processor, image_root=image_root, max_tiles=max_tiles, system_prompt=system_prompt
+    ), summary
 
 
-def measure_pair(record, source: str, processor, *, image_root: str | None, max_tiles: int) -> PairRow:
-    """Validate one raw record and count its tokens; images are sized from their headers, never tiled."""
+def measure_pair(
+    record, source: str, processor, *, image_root: str | None, max_tiles: int, system_prompt: str | None = None
+) -> PairRow:
+    """Validate one raw record and count its tokens (system message: the record's own `system_prompt`, else
+    `system_prompt`); images are sized from their headers, never tiled."""
     _check_pair(record, source)
     row = row_from_record(record, source)
     sizes = image_sizes(row, image_root)
-    tokens = pair_num_tokens(
-        processor, row.to_messages(), sizes, record["chosen"], record["rejected"], max_tiles=max_tiles
-    )
+    messages = row.to_messages(system_prompt)
+    tokens = pair_num_tokens(processor, messages, sizes, record["chosen"], record["rejected"], max_tiles=max_tiles)
     return PairRow(row, record["chosen"], record["rejected"], tokens)
 
 
@@ -63,8 +76,8 @@ def _check_pair(record, source: str) -> None:
 
 @dataclass(frozen=True)
 class PairRow:
-    """What re-encodes one kept pair: its prompt row (question, image paths, source line), the two completion
-    texts, and its token count (`EncodedPair.num_tokens`), measured at load time."""
+    """What re-encodes one kept pair: its prompt row (question, image paths, system prompt, source line), the two
+    completion texts, and its token count (`EncodedPair.num_tokens`), measured at load time."""
 
     row: PromptRow
     chosen: str
@@ -75,11 +88,21 @@ class PairRow:
 class PairSource:
     """The kept pairs of a pairs file; `encode(i)` loads and tiles pair i's images on each call (nothing cached).
 
-    Holds only `PairRow`s (text and paths): no pixels, no token tensors.
+    Holds only `PairRow`s (text and paths): no pixels, no token tensors. `system_prompt`: the system message of
+    pairs without their own.
     """
 
-    def __init__(self, rows: list[PairRow], processor, *, image_root: str | None, max_tiles: int):
+    def __init__(
+        self,
+        rows: list[PairRow],
+        processor,
+        *,
+        image_root: str | None,
+        max_tiles: int,
+        system_prompt: str | None = None,
+    ):
         self.rows, self.processor, self.image_root, self.max_tiles = rows, processor, image_root, max_tiles
+        self.system_prompt = system_prompt
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,9 +115,8 @@ class PairSource:
         """Pair i tokenised, its images loaded and tiled; exactly what an up-front `encode_pair` gave."""
         item = self.rows[i]
         images = load_images(item.row, self.image_root)
-        pair = encode_pair(
-            self.processor, item.row.to_messages(), images, item.chosen, item.rejected, max_tiles=self.max_tiles
-        )
+        messages = item.row.to_messages(self.system_prompt)
+        pair = encode_pair(self.processor, messages, images, item.chosen, item.rejected, max_tiles=self.max_tiles)
         if pair.num_tokens != item.num_tokens:  # e.g. an image replaced by one of another size since loading
             raise DataError(
                 f"{item.row.source}: pair encodes to {pair.num_tokens} tokens but measured {item.num_tokens} when "

@@ -47,6 +47,20 @@ def test_an_assistant_prefix_is_continued(internvl_engine, hd32_internvl):
     assert out.text == "There are two" + processor.tokenizer.decode(body)
 
 
+def test_several_images_share_the_tile_budget_as_in_the_trainer(internvl_engine, hd32_checkpoint):
+    _, processor = load_policy(hd32_checkpoint)
+    content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which has more squares?"}]
+    request = RolloutRequest(
+        "two", [{"role": "user", "content": content}], [shapes_image(128, 128, seed=k) for k in (1, 2)]
+    )
+    (output,) = internvl_engine.llm.generate([internvl_engine._prompt(request)], use_tqdm=False)
+    ours = encode_prompt(processor, request.messages, request.images, max_tiles=4)
+    assert list(output.prompt_token_ids) == ours.input_ids.tolist()
+    # max(1, 4 // 2) = 2 tiles each: a 128×128 image on 64 px tiles keeps the 1×1 grid (2×2 needs 4), no thumbnail;
+    # alone at 4 it would be 2×2 + thumbnail = 5. So 2 images × 1 tile × 16 tokens.
+    assert list(output.prompt_token_ids).count(processor.image_token_id) == 2 * 16
+
+
 def test_n_samples_per_request_with_per_request_seeds(internvl_engine):
     requests = [image_request("a"), image_request("b")]  # same prompt and image, different ids
     out = sampled(internvl_engine, requests, 3, temperature=1.0, max_new_tokens=6, seed=7)

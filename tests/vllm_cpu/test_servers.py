@@ -109,6 +109,27 @@ def test_a_server_continues_an_assistant_prefix(servers, hd32_internvl):
     assert out.text == "There are two" + processor.tokenizer.decode(body)
 
 
+def test_a_server_tiles_several_images_with_the_trainers_budget(servers, hd32_checkpoint):
+    from synthetic import shapes_image
+
+    from cascade_rl.models import encode_prompt
+
+    _, processor = load_policy(hd32_checkpoint)
+    engine = VLLMServerEngine([servers[0].url], processor, max_tiles=4, weight_backend="gloo")
+    server, answers = engine.servers[0], []
+    post = server.post
+    server.post = lambda route, body=None, **kw: answers.append(post(route, body, **kw)) or answers[-1]
+    content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which has more squares?"}]
+    request = RolloutRequest(
+        "two", [{"role": "user", "content": content}], [shapes_image(128, 128, seed=k) for k in (1, 2)]
+    )
+    engine.generate([request], n=1, sampling=GREEDY)
+    ours = encode_prompt(processor, request.messages, request.images, max_tiles=4)
+    # max(1, 4 // 2) = 2 tiles each: 128×128 keeps the 1×1 grid (no thumbnail); the whole budget would give 5 each
+    assert ours.num_tiles == [1, 1]
+    assert answers[0]["usage"]["prompt_tokens"] == len(ours.input_ids)
+
+
 def test_gspo_against_two_vllm_servers_pushes_weights_both_decode_like_the_trainer(
     servers, hd32_checkpoint, tmp_path, monkeypatch
 ):
