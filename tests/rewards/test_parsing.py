@@ -136,7 +136,18 @@ def test_parsers_are_linear_on_hostile_text(text):
 
 @pytest.mark.parametrize(
     "module",
-    ["parsing", "math_reward", "grounding", "click", "format_reward", "assignment", "registry", "runner"],
+    [
+        "parsing",
+        "math_reward",
+        "grounding",
+        "click",
+        "format_reward",
+        "assignment",
+        "registry",
+        "runner",
+        "graders",
+        "geo3k",
+    ],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"cascade_rl.rewards.{module}"))
