@@ -35,8 +35,14 @@ CASCADE_SETS: dict[str, dict[str, str]] = {
         "image_root": _IMAGES,
         "out_dir": _DIR,
     },
-    "pairs": {"rollouts": "from the rollout stage's output", "out": _DIR},
-    "mpo": {"model_path": _POLICY, "pairs": "from the pairs stage's output", "image_root": _IMAGES, "out_dir": _DIR},
+    "pairs": {"rollouts": "from the rollout stage's output", "out": _DIR, "format_out": _DIR},
+    "mpo": {
+        "model_path": _POLICY,
+        "pairs": "from the pairs stage's output",
+        "format_pairs": "from the pairs stage's output",
+        "image_root": _IMAGES,
+        "out_dir": _DIR,
+    },
     "filter": {"ledger": "from the rollout stage's output", "prompts": "from data.train (set it there)", "out": _DIR},
     "gspo": {
         "model_path": _POLICY,
@@ -55,7 +61,7 @@ CASCADE_SETS: dict[str, dict[str, str]] = {
 OUTPUTS: dict[str, dict[str, str]] = {
     "sft": {"checkpoint": "final"},
     "rollout": {"rollouts": "rollouts", "ledger": "ledger.json"},
-    "pairs": {"pairs": "pairs.jsonl"},
+    "pairs": {"pairs": "pairs.jsonl", "format_pairs": "pairs_format_rules.jsonl"},
     "mpo": {"checkpoint": "final"},
     "filter": {"prompts": "prompts.jsonl"},
     "gspo": {"checkpoint": "final"},
@@ -193,10 +199,18 @@ def _inputs(config: CascadeConfig, name: str, produced: dict[str, dict], outputs
     if name == "rollout":
         return {"model_path": policy, "prompts": data.train, "image_root": data.image_root, "out_dir": directory}
     if name == "pairs":
-        return {"rollouts": _output_of(config, produced, name, "rollout", "rollouts"), "out": outputs["pairs"]}
+        rollouts = _output_of(config, produced, name, "rollout", "rollouts")
+        return {"rollouts": rollouts, "out": outputs["pairs"], "format_out": outputs["format_pairs"]}
     if name == "mpo":
         pairs = _output_of(config, produced, name, "pairs", "pairs")
-        return {"model_path": policy, "pairs": pairs, "image_root": data.image_root, "out_dir": directory}
+        format_pairs = produced["pairs"].get("format_pairs")  # absent from manifests written before format files
+        return {
+            "model_path": policy,
+            "pairs": pairs,
+            "format_pairs": format_pairs,
+            "image_root": data.image_root,
+            "out_dir": directory,
+        }
     if name == "filter":
         ledger = _output_of(config, produced, name, "rollout", "ledger")
         return {"ledger": ledger, "prompts": data.train, "out": outputs["prompts"]}
