@@ -161,9 +161,9 @@ def _candidates(
 
 
 def _key_rng(seed: int, key: Key, kind: str) -> random.Random:
-    digest = hashlib.sha1(
-        json.dumps([seed, list(key[0]), key[1], key[2], kind], ensure_ascii=False).encode("utf-8")
-    ).hexdigest()
+    """The sampler of one key's pairs of one kind (correctness pairs keep the seeding they had alone)."""
+    fields = [seed, list(key[0]), key[1], key[2]] + ([kind] if kind == "format" else [])
+    digest = hashlib.sha1(json.dumps(fields, ensure_ascii=False).encode("utf-8")).hexdigest()
     return random.Random(digest)
 
 

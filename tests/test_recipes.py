@@ -50,6 +50,18 @@ def test_recipe_validates_without_loading_a_model(recipe, recwarn):
         assert (gspo.sampling.n, gspo.prompts_per_step, gspo.sampling.temperature) == (16, 512, 1.0)
         assert gspo.freeze_vision and gspo.kl_coef == 0.0
         assert gspo.optim.lr == (8e-7 if "241b" in recipe.name else 1e-6)
+        # Pairs as InternVL's postprocess builds them (SPEC §2); the online reward is verl's geo3k (SPEC §3).
+        pairs = built["PairsStageConfig"]
+        assert (pairs.answer_rule, pairs.max_pairs_per_prompt, pairs.max_format_pairs_per_prompt) == (
+            "internvl",
+            15,
+            15,
+        )
+        assert [r.name for r in gspo.rewards] == ["geo3k"] and [(c.reward, c.threshold) for c in gspo.correct] == [
+            ("geo3k", 0.9)
+        ]
+    else:  # the demo's answers are 17 characters: InternVL's length rule would make every one a format failure
+        assert built["PairsStageConfig"].answer_rule == "strict"
 
 
 def test_a_misspelt_key_is_refused_with_the_valid_ones():
