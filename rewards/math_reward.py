@@ -29,9 +29,9 @@ import math_verify.parser
 from latex2sympy2_extended import NormalizationConfig
 from math_verify import LatexExtractionConfig, parse, verify
 
-from .parsing import extract_boxed, extract_final_answer, strip_text_wrappers
+from .parsing import choice_letter, extract_boxed, extract_final_answer, strip_text_wrappers
 
-__all__ = ["math_reward", "score_answer", "MAX_ANSWER_CHARS"]
+__all__ = ["math_reward", "score_answer", "score_prediction", "MAX_ANSWER_CHARS"]
 
 # A final answer longer than this (and twice the gold) is not an answer; it scores 0 without reaching sympy.
 MAX_ANSWER_CHARS = 1000
@@ -51,8 +51,6 @@ _LATEX_ONLY = [
 ]
 
 _CHOICE_GOLD = re.compile(r"\(?([A-J])\)?\.?")
-_CHOICE_PARENS = re.compile(r"(?:(?i:option|choice)\s*)?\(([A-Ja-j])\)")
-_CHOICE_BARE = re.compile(r"(?:(?i:option|choice)\s+)?([A-J])(?=$|[\s.:,)\]])")
 _WORDS = re.compile(r"[A-Za-z][A-Za-z '\-]*[A-Za-z]")
 _PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _PLAIN_FRACTION = re.compile(r"(-?)(?:\\[dt]?frac\{(\d+)\}\{(\d+)\}|\\[dt]?frac(\d)(\d)|(\d+)/(\d+))")
@@ -73,15 +71,6 @@ def _gold_answer(gold: object) -> str | None:
         text = text.rsplit("####", 1)[1]
     text = text.strip().strip("$").strip()
     return text or None
-
-
-def _choice_letter(answer: str) -> str | None:
-    """The option letter a prediction starts with: ``(B)``, ``B``, ``B. 5``, ``option C``, ``\\textbf{(D) }5``."""
-    text = strip_text_wrappers(answer).strip().strip("$*").strip()
-    match = _CHOICE_PARENS.match(text) or _CHOICE_BARE.match(text)
-    if match:
-        return match.group(1).upper()
-    return text.upper() if len(text) == 1 and text in "abcdefghij" else None
 
 
 def _normalise_words(text: str) -> str:
@@ -113,14 +102,22 @@ def score_answer(completion: str, gold: object) -> float | None:
     >>> score_answer("Answer: (C)", "B")
     0.0
     """
+    return score_prediction(extract_final_answer(completion), gold)
+
+
+def score_prediction(prediction: str | None, gold: object) -> float | None:
+    """1.0 if the bare answer ``prediction`` (None: no answer) equals ``gold``, 0.0 if not, None if the gold cannot
+    be parsed; ``score_answer`` once the final answer is read off a completion.
+
+    >>> score_prediction("\\\\frac{6}{12}", "0.5"), score_prediction(None, "0.5")
+    (1.0, 0.0)
+    """
     gold_answer = _gold_answer(gold)
     if gold_answer is None:
         return None
-    prediction = extract_final_answer(completion)
-
     letter = _CHOICE_GOLD.fullmatch(strip_text_wrappers(gold_answer).strip())
     if letter:
-        return float(prediction is not None and _choice_letter(prediction) == letter.group(1))
+        return float(prediction is not None and choice_letter(prediction) == letter.group(1))
     if _WORDS.fullmatch(strip_text_wrappers(gold_answer).strip().rstrip(".")):
         return float(prediction is not None and _normalise_words(prediction) == _normalise_words(gold_answer))
 

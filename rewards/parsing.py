@@ -14,6 +14,10 @@ __all__ = [
     "extract_boxed",
     "extract_answer_line",
     "extract_final_answer",
+    "extract_last_boxed",
+    "internvl_answer",
+    "internvl_format_ok",
+    "choice_letter",
     "strip_text_wrappers",
     "parse_boxes",
     "parse_points",
@@ -107,6 +111,60 @@ def extract_final_answer(text: str) -> str | None:
     if boxed is not None:
         return boxed
     return extract_answer_line(text)
+
+
+def extract_last_boxed(text: str) -> str | None:
+    r"""Content of the *last* ``\boxed{`` as written (not stripped) when its braces balance, else None: an earlier
+    balanced box does not stand in for a broken last one (InternVL's and verl's reading; ``extract_boxed`` is more
+    lenient). Escaped braces (``\{``) are content.
+
+    >>> extract_last_boxed(r"so \boxed{\frac{1}{2}}"), extract_last_boxed(r"\boxed{1}, then \boxed{2")
+    ('\\frac{1}{2}', None)
+    """
+    open_at = text.rfind("\\boxed{")
+    if open_at < 0:
+        return None
+    open_at += len("\\boxed")
+    close_at = matching_braces(text).get(open_at)
+    return None if close_at is None else text[open_at + 1 : close_at]
+
+
+def internvl_answer(text: str) -> str:
+    r"""InternVL's ``en_v2`` answer (``utils/accuracy_reward.py::extract_answer_from_box``): the last balanced
+    ``\boxed{}`` (``extract_last_boxed``), else the whole response. InternVL counts escaped braces as structure.
+
+    >>> internvl_answer(r"so \boxed{\frac{1}{2}}"), internvl_answer("no box here")
+    ('\\frac{1}{2}', 'no box here')
+    """
+    boxed = extract_last_boxed(text)
+    return text if boxed is None else boxed
+
+
+def internvl_format_ok(text: str) -> bool:
+    r"""InternVL's ``en_v2`` format check (``check_cot_format``): a response of 20 characters or fewer is a format
+    failure, whatever it says.
+
+    >>> internvl_format_ok(r"Answer: \boxed{5}"), internvl_format_ok(r"The count is 5, so: \boxed{5}")
+    (False, True)
+    """
+    return len(text) > 20
+
+
+_CHOICE_PARENS = re.compile(r"(?:(?i:option|choice)\s*)?\(([A-Ja-j])\)")
+_CHOICE_BARE = re.compile(r"(?:(?i:option|choice)\s+)?([A-J])(?=$|[\s.:,)\]])")
+
+
+def choice_letter(answer: str) -> str | None:
+    r"""The option letter an answer starts with: ``(B)``, ``B``, ``B. 5``, ``option C``, ``\textbf{(D) }5``.
+
+    >>> choice_letter("B. 5"), choice_letter(r"\textbf{(d) }5"), choice_letter("Berlin")
+    ('B', 'D', None)
+    """
+    text = strip_text_wrappers(answer).strip().strip("$*").strip()
+    match = _CHOICE_PARENS.match(text) or _CHOICE_BARE.match(text)
+    if match:
+        return match.group(1).upper()
+    return text.upper() if len(text) == 1 and text in "abcdefghij" else None
 
 
 def strip_text_wrappers(text: str) -> str:

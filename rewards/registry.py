@@ -32,6 +32,11 @@ BUILTIN_REWARDS: dict[str, str] = {
     "click": "cascade_rl.rewards.click:click",
     "format": "cascade_rl.rewards.format_reward:format_reward",
     "think_format": "cascade_rl.rewards.format_reward:think_format_reward",
+    "geo3k": "cascade_rl.rewards.geo3k:geo3k_reward",
+    "relaxed_accuracy": "cascade_rl.rewards.graders:relaxed_accuracy",
+    "vqa_score": "cascade_rl.rewards.graders:vqa_score",
+    "choice": "cascade_rl.rewards.graders:choice",
+    "anls": "cascade_rl.rewards.graders:anls",
 }
 
 

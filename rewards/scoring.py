@@ -2,8 +2,9 @@
 
 `correct` is a list of rules (reward name, threshold). A completion is graded by the first rule whose reward
 applies to it (returns a value, not None: the reward contract's "does not apply"), and is correct when that value
-≥ the rule's threshold. On a mixed dataset — `math` is None on rows without `answer`, `iou` None on rows without
-`bbox` — `[{reward: math, threshold: 1.0}, {reward: iou, threshold: 0.5}]` grades each row by its own kind.
+≥ the rule's threshold (> with `above: true`). On a mixed dataset — `math` is None on rows without `answer`, `iou`
+None on rows without `bbox` — `[{reward: math, threshold: 1.0}, {reward: iou, threshold: 0.5}]` grades each row by
+its own kind.
 """
 
 from __future__ import annotations
@@ -37,10 +38,15 @@ class RewardSpec:
 
 @dataclass(frozen=True)
 class CorrectRule:
-    """A completion graded by `reward` is correct when its value ≥ `threshold`."""
+    """A completion graded by `reward` is correct when its value ≥ `threshold`, or > it with `above: true`
+    (InternVL's graders: correct when the score is above 0.9)."""
 
     reward: str
     threshold: float = 1.0
+    above: bool = False
+
+    def passes(self, value: float) -> bool:
+        return value > self.threshold if self.above else value >= self.threshold
 
 
 def grade(values: dict[str, float | None], rules: list[CorrectRule]) -> tuple[str | None, bool]:
@@ -48,7 +54,7 @@ def grade(values: dict[str, float | None], rules: list[CorrectRule]) -> tuple[st
     for rule in rules:
         value = values.get(rule.reward)
         if value is not None:
-            return rule.reward, value >= rule.threshold
+            return rule.reward, rule.passes(value)
     return None, False
 
 

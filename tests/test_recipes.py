@@ -56,6 +56,18 @@ def test_recipe_validates_without_loading_a_model(recipe, recwarn):
         rollout = built["RolloutStageConfig"]
         assert rollout.system_prompt == mpo.system_prompt == INTERNVL_DEFAULT
         assert rollout.prompt_instruction == "internvl" and gspo.system_prompt is None
+        # Pairs as InternVL's postprocess builds them (SPEC §2); the online reward is verl's geo3k (SPEC §3).
+        pairs = built["PairsStageConfig"]
+        assert (pairs.answer_rule, pairs.max_pairs_per_prompt, pairs.max_format_pairs_per_prompt) == (
+            "internvl",
+            15,
+            15,
+        )
+        assert [r.name for r in gspo.rewards] == ["geo3k"] and [(c.reward, c.threshold) for c in gspo.correct] == [
+            ("geo3k", 0.9)
+        ]
+    else:  # the demo's answers are 17 characters: InternVL's length rule would make every one a format failure
+        assert built["PairsStageConfig"].answer_rule == "strict"
 
 
 def test_a_misspelt_key_is_refused_with_the_valid_ones():

@@ -36,7 +36,7 @@ CASCADE_SETS: dict[str, dict[str, str]] = {
         "image_root": _IMAGES,
         "out_dir": _DIR,
     },
-    "pairs": {"rollouts": "from the rollout stage's output", "out": _DIR},
+    "pairs": {"rollouts": "from the rollout stage's output", "out": _DIR, "format_out": _DIR},
     "dropout-ntp": {
         "model_path": _POLICY,
         "prompts": "from data.open_ended (set it there)",
@@ -47,6 +47,7 @@ CASCADE_SETS: dict[str, dict[str, str]] = {
     "mpo": {
         "model_path": _POLICY,
         "pairs": "from the pairs stage's output (the dropout-ntp stage's, which includes it, when that runs)",
+        "format_pairs": "from the pairs stage's output",
         "image_root": _IMAGES,
         "out_dir": _DIR,
     },
@@ -68,7 +69,7 @@ CASCADE_SETS: dict[str, dict[str, str]] = {
 OUTPUTS: dict[str, dict[str, str]] = {
     "sft": {"checkpoint": "final"},
     "rollout": {"rollouts": "rollouts", "ledger": "ledger.json"},
-    "pairs": {"pairs": "pairs.jsonl"},
+    "pairs": {"pairs": "pairs.jsonl", "format_pairs": "pairs_format_rules.jsonl"},
     "dropout-ntp": {"pairs": "pairs.jsonl", "rollouts": "rollouts"},
     "mpo": {"checkpoint": "final"},
     "filter": {"prompts": "prompts.jsonl"},
@@ -214,7 +215,8 @@ def _inputs(config: CascadeConfig, name: str, produced: dict[str, dict], outputs
     if name == "rollout":
         return {"model_path": policy, "prompts": data.train, "image_root": data.image_root, "out_dir": directory}
     if name == "pairs":
-        return {"rollouts": _output_of(config, produced, name, "rollout", "rollouts"), "out": outputs["pairs"]}
+        rollouts = _output_of(config, produced, name, "rollout", "rollouts")
+        return {"rollouts": rollouts, "out": outputs["pairs"], "format_out": outputs["format_pairs"]}
     if name == "dropout-ntp":
         base = produced["pairs"]["pairs"] if "pairs" in produced else None
         prompts, images = data.open_ended, data.image_root
@@ -228,7 +230,14 @@ def _inputs(config: CascadeConfig, name: str, produced: dict[str, dict], outputs
     if name == "mpo":
         producer = "dropout-ntp" if "dropout-ntp" in produced else "pairs"  # its pairs include the pairs stage's
         pairs = _output_of(config, produced, name, producer, "pairs")
-        return {"model_path": policy, "pairs": pairs, "image_root": data.image_root, "out_dir": directory}
+        format_pairs = produced.get("pairs", {}).get("format_pairs")  # absent from manifests before format files
+        return {
+            "model_path": policy,
+            "pairs": pairs,
+            "format_pairs": format_pairs,
+            "image_root": data.image_root,
+            "out_dir": directory,
+        }
     if name == "filter":
         ledger = _output_of(config, produced, name, "rollout", "ledger")
         return {"ledger": ledger, "prompts": data.train, "out": outputs["prompts"]}

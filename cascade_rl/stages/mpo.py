@@ -66,6 +66,7 @@ class MPOConfig:
 
     model_path: str = ""
     pairs: str = ""
+    format_pairs: str | None = None  # a second pairs file trained with `pairs` (the pairs stage's format pairs)
     image_root: str | None = None
     out_dir: str = "runs/mpo"
     reference: Literal["precomputed", "live"] = "precomputed"
@@ -92,6 +93,11 @@ class MPOConfig:
             raise ValueError("model_path and pairs are required")
         if self.lora_rank and self.freeze_llm:
             raise ValueError("lora_rank > 0 trains adapters inside the LLM; it cannot be combined with freeze_llm")
+
+    @property
+    def pair_files(self) -> list[str]:
+        """The pairs files trained on, in order: `pairs`, then `format_pairs` when set."""
+        return [self.pairs] + ([self.format_pairs] if self.format_pairs else [])
 
 
 class PairScorer(torch.nn.Module):
@@ -130,7 +136,7 @@ def reference_cache(config: MPOConfig, n_pairs: int) -> tuple[Path, dict]:
     """Where the reference log-probs are cached, and the key that must match for the cache to be reused."""
     key = {
         "reference": checkpoint_fingerprint(config.reference_path or config.model_path),
-        "pairs": file_sha256([Path(config.pairs)]),
+        "pairs": file_sha256([Path(p) for p in config.pair_files]),
         "max_tiles": config.max_tiles,
         "system_prompt": config.system_prompt,
         "max_length": config.max_length,
@@ -165,7 +171,7 @@ def run_mpo(config: MPOConfig) -> dict:
     model, processor, trainable = prepare_policy(config)
     pad_id = tokenizer_of(processor).pad_token_id or 0
     pairs, data_summary = load_pairs(
-        config.pairs,
+        config.pair_files,
         processor,
         image_root=config.image_root,
         max_tiles=config.max_tiles,
@@ -174,7 +180,8 @@ def run_mpo(config: MPOConfig) -> dict:
         system_prompt=config.system_prompt,
     )
     if not pairs:
-        raise DataError(f"{config.pairs}: no trainable pairs ({data_summary}); fix the file or raise max_length")
+        files = " + ".join(config.pair_files)
+        raise DataError(f"{files}: no trainable pairs ({data_summary}); fix the file or raise max_length")
     if zero3:
         check_zero3_run(config)
     precomputed_now = config.reference == "precomputed" and not zero3  # under ZeRO-3: through the engine, below

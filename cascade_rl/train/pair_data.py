@@ -11,6 +11,7 @@ the dataset (InternVL: up to 13 × 448² × 3 floats, ~31 MB, per pair). Scoring
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class PairFileSummary(LoadSummary):
 
 
 def load_pairs(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     processor,
     *,
     image_root: str | None,
@@ -36,11 +37,14 @@ def load_pairs(
     on_overlong: str,
     system_prompt: str | None = None,
 ) -> tuple[PairSource, PairFileSummary]:
-    """Read, check and measure every pair (no pixels kept). A pair longer than max_length is dropped and counted
-    (`on_overlong="drop"`) or refused with its line (`"raise"`); it is never truncated, so image tokens always
-    match image features. `system_prompt`: the system message of pairs without their own `system_prompt`."""
+    """Read, check and measure every pair of one file or several, in order (no pixels kept). A pair longer than
+    max_length is dropped and counted (`on_overlong="drop"`) or refused with its line (`"raise"`); it is never
+    truncated, so image tokens always match image features. `system_prompt`: the system message of pairs without
+    their own `system_prompt`."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    records = [item for one in paths for item in iter_raw_records(one)]
     rows, summary = [], PairFileSummary()
-    for source, record in tqdm(list(iter_raw_records(path)), desc="measure pairs", unit="pair"):
+    for source, record in tqdm(records, desc="measure pairs", unit="pair"):
         if isinstance(record, DataError):
             raise record
         summary.rows += 1

@@ -10,6 +10,9 @@ from cascade_rl.rewards.parsing import (
     extract_answer_line,
     extract_boxed,
     extract_final_answer,
+    extract_last_boxed,
+    internvl_answer,
+    internvl_format_ok,
     matching_braces,
     parse_boxes,
     parse_points,
@@ -136,9 +139,42 @@ def test_parsers_are_linear_on_hostile_text(text):
 
 @pytest.mark.parametrize(
     "module",
-    ["parsing", "math_reward", "grounding", "click", "format_reward", "assignment", "registry", "runner"],
+    [
+        "parsing",
+        "math_reward",
+        "grounding",
+        "click",
+        "format_reward",
+        "assignment",
+        "registry",
+        "runner",
+        "graders",
+        "geo3k",
+    ],
 )
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(f"cascade_rl.rewards.{module}"))
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{1} then \boxed{2}", "2"),
+        (r"\boxed{ 5 }", " 5 "),  # kept as written, as InternVL does
+        (r"\boxed{a} \boxed{b", r"\boxed{a} \boxed{b"),  # a broken last box: the whole response, not "a"
+        ("The answer is 5.", "The answer is 5."),  # no box: the whole response
+        (r"\fbox{5}", r"\fbox{5}"),  # only \boxed{ counts
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+    ],
+)
+def test_internvl_answer_is_the_last_balanced_box_else_the_response(text, expected):
+    assert internvl_answer(text) == expected
+    assert extract_last_boxed(text) == (None if expected == text else expected)
+
+
+@pytest.mark.parametrize(("length", "ok"), [(0, False), (15, False), (20, False), (21, True), (4000, True)])
+def test_internvl_format_rule_is_more_than_20_characters(length, ok):
+    assert internvl_format_ok("x" * length) is ok

@@ -5,7 +5,20 @@ import pytest
 from cascade_rl.rewards import BUILTIN_REWARDS, RewardRunner, available_rewards, get_reward
 from cascade_rl.rewards.contract import check_rewards, column_names, in_process, runs_in_process
 
-BUILTINS = ["click", "format", "giou", "grounding_accuracy", "iou", "math", "think_format"]
+BUILTINS = [
+    "anls",
+    "choice",
+    "click",
+    "format",
+    "geo3k",
+    "giou",
+    "grounding_accuracy",
+    "iou",
+    "math",
+    "relaxed_accuracy",
+    "think_format",
+    "vqa_score",
+]
 
 
 def test_builtins_are_registered():
@@ -14,9 +27,11 @@ def test_builtins_are_registered():
         assert callable(get_reward(name))
 
 
-def test_cheap_builtins_run_in_process_and_math_does_not():
-    assert not runs_in_process(get_reward("math"))
-    for name in ("iou", "giou", "grounding_accuracy", "click", "format", "think_format"):
+def test_cheap_builtins_run_in_process_and_the_costly_ones_do_not():
+    for name in ("math", "geo3k", "anls"):  # sympy; an O(n·m) edit distance against a long gold
+        assert not runs_in_process(get_reward(name)), name
+    cheap = ("iou", "giou", "grounding_accuracy", "click", "format", "think_format", "relaxed_accuracy", "vqa_score")
+    for name in (*cheap, "choice"):
         assert runs_in_process(get_reward(name)), name
 
 

@@ -76,6 +76,8 @@ def test_within_one_run_each_stage_reads_the_planned_outputs_of_the_ones_before(
     assert stages["rollout"].model_path == stages["mpo"].model_path == str(run / "00_sft" / "final")
     assert stages["pairs"].rollouts == str(run / "01_rollout" / "rollouts")
     assert stages["mpo"].pairs == stages["pairs"].out == str(run / "02_pairs" / "pairs.jsonl")
+    format_pairs = str(run / "02_pairs" / "pairs_format_rules.jsonl")
+    assert stages["mpo"].format_pairs == stages["pairs"].format_out == format_pairs
     assert stages["filter"].ledger == str(run / "01_rollout" / "ledger.json")
     assert (stages["gspo"].model_path, stages["gspo"].prompts) == (
         str(run / "04_mpo" / "final"),
@@ -123,10 +125,11 @@ def test_outputs_of_stages_finished_earlier_come_from_the_manifest(tmp_path):
     manifest = Manifest(tmp_path / "manifest.json", "t")
     finished(manifest, "sft", {"checkpoint": "/earlier/sft"})
     finished(manifest, "rollout", {"rollouts": "/earlier/rollouts", "ledger": "/earlier/ledger.json"})
-    finished(manifest, "pairs", {"pairs": "/earlier/pairs.jsonl"})
+    finished(manifest, "pairs", {"pairs": "/earlier/pairs.jsonl"})  # a run from before the format pairs file
     finished(manifest, "mpo", {"checkpoint": "/earlier/mpo"})  # listed and finished: its record, not the plan
     stages = built(config, manifest)
     assert (stages["mpo"].model_path, stages["mpo"].pairs) == ("/earlier/sft", "/earlier/pairs.jsonl")
+    assert stages["mpo"].pair_files == ["/earlier/pairs.jsonl"]
     assert stages["filter"].ledger == "/earlier/ledger.json"
     assert stages["gspo"].model_path == "/earlier/mpo"
     assert list(stages["eval"].checkpoints.values()) == [
@@ -144,7 +147,8 @@ def test_a_stage_whose_inputs_nobody_produced_is_refused(tmp_path):
 def test_the_digest_hashes_the_built_config_defaults_included(tmp_path):
     plan = next(p for p in plan_stages(recipe(tmp_path)) if p.name == "pairs")
     resolved = resolved_config("pairs", plan.build())
-    assert resolved == {**plan.values, "max_pairs_per_prompt": 15}  # the default is recorded and hashed
+    defaults = {"answer_rule": "internvl", "max_pairs_per_prompt": 15, "max_format_pairs_per_prompt": 15}
+    assert resolved == {**plan.values, **defaults}  # the defaults are recorded and hashed
     explicit = recipe(tmp_path, pairs={"max_pairs_per_prompt": 15, "seed": 3})
     assert resolved_config("pairs", built(explicit)["pairs"]) == resolved  # spelled out or not: one config
 

@@ -226,7 +226,8 @@ def test_lazy_pairs_train_like_pairs_encoded_up_front(tiny_checkpoint, pairs_fil
     )
     from cascade_rl.stages import mpo as mpo_module
 
-    def load_eagerly(path, processor, *, max_tiles, **_):
+    def load_eagerly(paths, processor, *, max_tiles, **_):
+        (path,) = paths  # the stage passes its pair files: here the one pairs file
         pairs = eager_pairs(Path(path), pairs_file[1], processor, max_tiles=max_tiles)
         return pairs, PairFileSummary(rows=len(pairs), kept=len(pairs))
 
@@ -306,3 +307,26 @@ def test_bf16_autocast_tracks_fp32(tiny_checkpoint, pairs_file, tmp_path):
     assert runs["bf16"][0]["loss"] != runs["no"][0]["loss"]  # autocast did run in bf16
     trained = load_policy(tmp_path / "bf16" / "final")[0]
     assert {p.dtype for p in trained.parameters()} == {torch.float32}
+
+
+def test_a_format_pairs_file_trains_as_if_appended_to_the_pairs_file(tiny_checkpoint, pairs_file, tmp_path):
+    """The pairs stage writes correctness and format pairs to two files; MPO reads both, in that order."""
+    path, images = pairs_file
+    lines = path.read_text().splitlines(keepends=True)
+    head, tail, empty = tmp_path / "correctness.jsonl", tmp_path / "format_rules.jsonl", tmp_path / "none.jsonl"
+    head.write_text("".join(lines[:4]))
+    tail.write_text("".join(lines[4:]))
+    empty.write_text("")
+    optim = {"max_steps": 2, "per_device_batch": 2}
+    run_mpo(config(tiny_checkpoint, pairs_file, tmp_path / "one", optim=optim))
+    split = config(tiny_checkpoint, (head, images), tmp_path / "two", format_pairs=str(tail), optim=optim)
+    summary = run_mpo(split)
+    assert (summary["pairs"]["rows"], summary["pairs"]["kept"]) == (6, 6)
+    one, two = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
+    for key in ("loss", "dpo_loss", "bco_loss", "lm_loss"):
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], abs=1e-6), key
+    # No format negatives: the pairs stage still writes the (empty) file, and MPO trains on the other one.
+    processor = load_policy(tiny_checkpoint)[1]
+    load = dict(image_root=str(images), max_tiles=4, max_length=16384, on_overlong="raise")
+    source, loaded = load_pairs([head, empty], processor, **load)
+    assert len(source) == loaded.rows == 4

@@ -87,6 +87,45 @@ def test_pairs_and_filter_refuse_to_hand_on_nothing(tmp_path):
         run_pairs(PairsStageConfig(rollouts=str(tmp_path / "only_q0"), out=str(tmp_path / "none.jsonl")))
 
 
+class TerseFirstEngine(ScriptedEngine):
+    """ScriptedEngine, but sample 0 of every prompt gives its answer bare: `\\boxed{v}`, 9 characters."""
+
+    def generate(self, requests, *, n, sampling):
+        out = super().generate(requests, n=n, sampling=sampling)
+        return [replace(r, text=r.text.split("Answer: ")[1]) if r.sample_index == 0 else r for r in out]
+
+
+def test_pairs_stage_writes_correctness_and_format_pairs_through_the_cli(tmp_path, capsys):
+    from cascade_rl.cli import main
+
+    prompts = write_prompts(tmp_path)
+    run_rollouts(config(tmp_path, prompts), engine=TerseFirstEngine())
+    settings = tmp_path / "pairs.yaml"
+    settings.write_text(f"rollouts: {tmp_path / 'offline' / 'rollouts'}\nout: {tmp_path / 'pairs.jsonl'}\n")
+    summary_file = tmp_path / "pairs.jsonl.summary.json"
+    assert main(["pairs", str(settings)]) == 0
+    result = json.loads(summary_file.read_text())
+    assert result["format_out"] == str(tmp_path / "pairs_format_rules.jsonl")
+    pairs = [json.loads(line) for line in open(tmp_path / "pairs.jsonl")]
+    format_pairs = [json.loads(line) for line in open(tmp_path / "pairs_format_rules.jsonl")]
+    # q_i: samples k < i answer i (right), the others i + 1; sample 0 is 9 characters, a format negative under
+    # InternVL's rule even when right. q0 and q1 then have no positive; q2: 1 positive x 2 identical negatives and
+    # x 1 format negative; q3: 2 identical positives x 1 negative and x 1 format negative: one pair of each kind.
+    assert (result["n_positive"], result["n_negative"], result["n_format_negative"]) == (3, 9, 4)
+    assert [(p["answer_gt"], p["rejected"]) for p in format_pairs] == [("2", "\\boxed{2}"), ("3", "\\boxed{3}")]
+    assert [p["answer_gt"] for p in pairs] == ["2", "3"] and result["pairs"] == 2
+    # The strict rule reads the bare box as an answer: sample 0 is graded like the others, and nothing is a format
+    # negative; q1 now has its right sample 0 against three identical wrong ones.
+    assert main(["pairs", str(settings), "answer_rule=strict"]) == 0
+    strict = json.loads(summary_file.read_text())
+    assert (strict["n_positive"], strict["n_format_negative"], strict["n_format_pairs"]) == (6, 0, 0)
+    assert strict["pairs"] == 1 + 2 + 2  # q1: 1 x 1 distinct; q2: 2 distinct x 1; q3: 2 distinct x 1
+    assert (tmp_path / "pairs_format_rules.jsonl").read_text() == ""
+    capsys.readouterr()
+    assert main(["pairs", str(settings), "answer_rule=lenient"]) == 2
+    assert "answer_rule" in capsys.readouterr().err
+
+
 class CrashingEngine(ScriptedEngine):
     def generate(self, requests, *, n, sampling):
         if self.calls:
