@@ -1,5 +1,5 @@
 """The MPO stage reads InternVL's MMPR meta json directly (`mmpr_meta`), beside our pairs file: per-dataset image
-roots and tile budgets, repeat_time drawn with the stage seed or repeating, bad entries named. Driven through the CLI."""
+roots and tile budgets, repeat_time drawn with the stage seed or repeating, bad entries named. Driven by the CLI."""
 
 import json
 import random

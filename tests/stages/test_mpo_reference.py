@@ -1,5 +1,5 @@
-"""The MPO reference scores pairs exactly as the policy's first forward does (device, dtype, autocast), so the log-ratio
-h = lp_θ − lp_0 is 0 at step 0 under bf16 mixed precision, for a precomputed and a live reference."""
+"""The MPO reference scores pairs exactly as the policy's first forward does (device, dtype, autocast), so the
+log-ratio h = lp_θ − lp_0 is 0 at step 0 under bf16 mixed precision, for a precomputed and a live reference."""
 
 import math
 
