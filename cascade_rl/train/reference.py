@@ -23,10 +23,20 @@ from cascade_rl.train.pair_data import PairSource
 
 
 def like_policy(reference: torch.nn.Module, policy: torch.nn.Module, accelerator) -> torch.nn.Module:
-    """`reference` on the accelerator's device, in the dtype the prepared `policy`'s parameters have (bf16 under a
-    DeepSpeed bf16 config, whose engine casts the module; as loaded otherwise), frozen, in eval mode."""
-    dtype = next(p.dtype for p in policy.parameters() if p.is_floating_point())
-    return reference.to(accelerator.device, dtype=dtype).requires_grad_(False).eval()
+    """`reference` on the accelerator's device, each floating parameter and buffer in the dtype of the prepared
+    `policy`'s tensor of that name (a DeepSpeed bf16 engine casts the parameters to bf16 and leaves the buffers, such
+    as rotary frequencies, as loaded; without DeepSpeed all stay as loaded), frozen, in eval mode. A parameter the
+    policy has no tensor of that name for (a LoRA-wrapped policy) takes the policy's first parameter dtype."""
+    reference = reference.to(accelerator.device).requires_grad_(False).eval()
+    dtypes = {name: t.dtype for name, t in [*policy.named_parameters(), *policy.named_buffers()]}
+    default = next(p.dtype for p in policy.parameters() if p.is_floating_point())
+    for name, param in reference.named_parameters():
+        if param.is_floating_point():
+            param.data = param.data.to(dtypes.get(name, default))
+    for name, buffer in reference.named_buffers():
+        if buffer.is_floating_point() and name in dtypes:
+            buffer.data = buffer.data.to(dtypes[name])
+    return reference
 
 
 class ReferenceScorer(torch.nn.Module):

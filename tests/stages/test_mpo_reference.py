@@ -93,3 +93,28 @@ def test_cached_reference_is_recomputed_when_the_precision_changes(tiny_checkpoi
     assert not torch.equal(fp32_cache["logps"], bf16_cache["logps"])
     chosen, _, ref_chosen, _ = calls[0]
     assert torch.equal(chosen, ref_chosen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "zero,reference", [(2, "precomputed"), (2, "live"), (3, "precomputed")], ids=["zero2", "zero2-live", "zero3"]
+)
+def test_h_is_exactly_zero_at_step_0_under_deepspeed_bf16(tiny_checkpoint, pairs_file, tmp_path, zero, reference):
+    pytest.importorskip("deepspeed")
+    from stages.conftest import multi_rank_mpo_settings
+    from stages.ddp_worker import deepspeed_env, launch, mpo_rank_main
+    from stages.test_deepspeed import RECIPES, free_port
+
+    # DeepSpeed's engine casts the policy's parameters to bf16 (no autocast); the reference must score in them too
+    settings = multi_rank_mpo_settings(
+        tiny_checkpoint, pairs_file, optim={"max_steps": 1, "per_device_batch": 1, "mixed_precision": "bf16"}
+    )
+    out = tmp_path / "run"
+    config = build(MPOConfig, settings, out_dir=str(out), reference=reference)
+    launch(mpo_rank_main, (2, free_port(), config, deepspeed_env(RECIPES / f"zero{zero}.json")))
+    first = read_metrics(out / "metrics.jsonl")[0]
+    # rank 0's micro-batch is one pair, so these are its β·h_c and β·h_r: 0.0 exactly
+    assert (first["chosen_reward"], first["rejected_reward"], first["delta"]) == (0.0, 0.0, 0.0)
+    if reference == "precomputed":
+        cache = torch.load(next(out.glob("reference_logps-*.pt")), weights_only=True)
+        assert cache["key"]["computed_as"] == "cpu torch.bfloat16 autocast=none"
