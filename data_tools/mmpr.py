@@ -8,7 +8,11 @@ absent for text-only), "question", "chosen", "rejected", optional "answer_gt", "
 Our pair rows are the same dicts with image paths joined to their dataset's root, plus "ds_name" (the meta
 entry they came from, to look up per-dataset settings such as max_dynamic_patch); `write_mmpr` undoes both.
 Relative `root` / `annotation` paths resolve against `base_dir` (default: the meta file's folder), falling
-back to the current directory, which is what InternVL's scripts assume.
+back to the current directory, which is what InternVL's scripts assume. An entry key outside InternVL's
+(`ENTRY_KEYS`) is refused, so a misspelt `repeat_time` cannot pass silently.
+
+`read_mmpr` gives each dataset's lines with their source ("ann.jsonl line 3") for the MPO stage
+(train/pair_data.py::load_mmpr_pairs), which encodes each row with its dataset's `max_dynamic_patch`.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from typing import Any, Literal
 from cascade_rl.data.errors import DataError
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl, iter_jsonl_lines, parse_json_line
 
-_KNOWN = ("root", "annotation", "repeat_time", "max_dynamic_patch", "data_augment", "length")
+# what InternVL's build_datasets reads (root, annotation, repeat_time, max_dynamic_patch, data_augment) and `length`
+ENTRY_KEYS = ("root", "annotation", "repeat_time", "max_dynamic_patch", "data_augment", "length")
 
 
 @dataclass
 class MMPRDataset:
-    """One meta entry; `root` and `annotation` are resolved paths, `extra` keeps unknown keys for export."""
+    """One meta entry; `root` and `annotation` are resolved paths."""
 
     name: str
     root: str
@@ -38,7 +43,6 @@ class MMPRDataset:
     max_dynamic_patch: int | None = None
     data_augment: bool = False
     length: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,61 +61,93 @@ def _resolve(path: str, base_dir: Path) -> str:
 
 
 def read_mmpr_meta(meta_path: str | os.PathLike, *, base_dir: str | os.PathLike | None = None) -> list[MMPRDataset]:
-    """Parse and check a meta json; every entry needs a string `root` and an existing `annotation`."""
+    """Parse and check a meta json; every entry needs a string `root` (the image folder; "" for text-only data) and
+    an existing `annotation`, and names no key outside `ENTRY_KEYS`."""
     meta_path = Path(meta_path)
     base = Path(base_dir) if base_dir is not None else meta_path.parent
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise DataError(f"MMPR meta file {meta_path} not found; fix the path", reason="bad_meta") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"{meta_path}: not valid JSON ({e}); fix the meta file", reason="bad_meta") from e
     if not isinstance(meta, dict):
         raise DataError(
             f"{meta_path}: expected {{name: {{root, annotation, ...}}}}; fix the meta file", reason="bad_meta"
         )
-    datasets = []
-    for name, entry in meta.items():
-        where = f"{meta_path} entry '{name}'"
-        if not isinstance(entry, dict) or not isinstance(entry.get("root"), str):
-            raise DataError(f"{where}: needs a string 'root' (the image folder); add it", reason="bad_meta")
-        if not isinstance(entry.get("annotation"), str):
-            raise DataError(f"{where}: needs a string 'annotation' (the pairs .jsonl); add it", reason="bad_meta")
-        annotation = _resolve(entry["annotation"], base)
-        if not os.path.isfile(annotation):
-            raise DataError(
-                f"{where}: annotation '{entry['annotation']}' not found (tried {base / entry['annotation']} and "
-                f"{os.path.abspath(entry['annotation'])}); fix the path or pass base_dir",
-                reason="bad_meta",
-            )
-        repeat_time = float(entry.get("repeat_time", 1))
-        if repeat_time <= 0 or (repeat_time > 1 and not repeat_time.is_integer()):
-            raise DataError(
-                f"{where}: repeat_time={repeat_time} must be in (0, 1] or a whole number > 1 (InternVL "
-                "asserts this); fix it",
-                reason="bad_meta",
-            )
-        datasets.append(
-            MMPRDataset(
-                name=name,
-                root=_resolve(entry["root"], base),
-                annotation=annotation,
-                repeat_time=repeat_time,
-                max_dynamic_patch=entry.get("max_dynamic_patch"),
-                data_augment=bool(entry.get("data_augment", False)),
-                length=entry.get("length"),
-                extra={k: v for k, v in entry.items() if k not in _KNOWN},
-            )
+    return [_read_entry(name, entry, f"{meta_path} entry '{name}'", base) for name, entry in meta.items()]
+
+
+def _read_entry(name: str, entry: Any, where: str, base: Path) -> MMPRDataset:
+    """One checked meta entry; `where` ("meta.json entry 'geo'") starts every error."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected an object {{root, annotation, ...}}; fix it", reason="bad_meta")
+    unknown = sorted(set(entry) - set(ENTRY_KEYS))
+    if unknown:
+        raise DataError(
+            f"{where}: unknown key(s) {unknown}; valid keys: {', '.join(ENTRY_KEYS)}; fix or remove them",
+            reason="bad_meta",
         )
-    return datasets
+    if not isinstance(entry.get("root"), str):
+        raise DataError(f"{where}: needs a string 'root' (the image folder); add it", reason="bad_meta")
+    if not isinstance(entry.get("annotation"), str):
+        raise DataError(f"{where}: needs a string 'annotation' (the pairs .jsonl); add it", reason="bad_meta")
+    return MMPRDataset(
+        name=name,
+        root=_resolve(entry["root"], base),
+        annotation=_annotation(entry["annotation"], base, where),
+        repeat_time=_repeat_time(entry.get("repeat_time", 1), where),
+        max_dynamic_patch=_max_dynamic_patch(entry.get("max_dynamic_patch"), where),
+        data_augment=bool(entry.get("data_augment", False)),
+        length=entry.get("length"),
+    )
 
 
-def apply_repeat_time(rows: list[Any], repeat_time: float, seed: int | None = None) -> list[Any]:
-    """InternVL's rule: < 1 keeps the first int(len * repeat_time) rows, > 1 repeats the list repeat_time times.
+def _annotation(path: str, base: Path, where: str) -> str:
+    """`path` resolved (see `_resolve`), refused with both places tried when no such file exists."""
+    resolved = _resolve(path, base)
+    if os.path.isfile(resolved):
+        return resolved
+    raise DataError(
+        f"{where}: annotation '{path}' not found (tried {base / path} and {os.path.abspath(path)}); fix the path "
+        "(a relative one resolves against the meta file's folder, else the current directory)",
+        reason="bad_meta",
+    )
 
-    With a `seed`, a fraction < 1 keeps a seeded random subset (file order preserved) instead of the head.
+
+def _repeat_time(value: Any, where: str) -> float:
+    """InternVL asserts a whole number above 1; a fraction subsamples."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{where}: repeat_time={value!r} must be a number; fix it", reason="bad_meta")
+    repeat_time = float(value)
+    if repeat_time <= 0 or (repeat_time > 1 and not repeat_time.is_integer()):
+        raise DataError(
+            f"{where}: repeat_time={repeat_time} must be in (0, 1] or a whole number > 1 (InternVL asserts this); "
+            "fix it",
+            reason="bad_meta",
+        )
+    return repeat_time
+
+
+def _max_dynamic_patch(value: Any, where: str) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise DataError(
+        f"{where}: max_dynamic_patch={value!r} must be a whole number ≥ 1 (tiles); fix it", reason="bad_meta"
+    )
+
+
+def apply_repeat_time(rows: list[Any], repeat_time: float, rng: random.Random | None = None) -> list[Any]:
+    """InternVL's rule: < 1 keeps int(len * repeat_time) rows, > 1 repeats the list repeat_time times.
+
+    The kept fraction is a random subset drawn from `rng` (file order preserved), as InternVL3.5 draws it
+    (`random.sample` after seeding); without an `rng`, the head of the file (InternVL2.x / 3.0's rule).
     """
     if repeat_time < 1:
         k = int(len(rows) * repeat_time)
-        if seed is None:
+        if rng is None:
             return rows[:k]
-        keep = sorted(random.Random(seed).sample(range(len(rows)), k))
+        keep = sorted(rng.sample(range(len(rows)), k))
         return [rows[i] for i in keep]
     return rows * int(repeat_time)
 
@@ -137,8 +173,16 @@ def _join_root(image: str | list[str], root: str) -> str | list[str]:
     return os.path.join(root, image)
 
 
-def _load_dataset(ds: MMPRDataset, on_error: str, summary: MMPRSummary) -> list[dict[str, Any]]:
-    rows = []
+@dataclass(frozen=True)
+class MMPRLine:
+    """One checked annotation line as read (image paths relative to its dataset's root) and where it came from."""
+
+    source: str  # "<annotation> line N", for error messages
+    row: dict[str, Any]
+
+
+def _load_dataset(ds: MMPRDataset, on_error: str, summary: MMPRSummary) -> list[MMPRLine]:
+    lines = []
     for lineno, line in iter_jsonl_lines(ds.annotation):
         summary.n_lines += 1
         source = f"{ds.annotation} line {lineno}"
@@ -150,11 +194,35 @@ def _load_dataset(ds: MMPRDataset, on_error: str, summary: MMPRSummary) -> list[
                 raise DataError(f"{e}, or set on_error=skip", reason=e.reason) from e
             summary.skipped[e.reason] += 1
             continue
-        if data.get("image") not in (None, "", []):
-            data["image"] = _join_root(data["image"], ds.root)
-        data["ds_name"] = ds.name
-        rows.append(data)
-    return rows
+        lines.append(MMPRLine(source, data))
+    return lines
+
+
+def read_mmpr(
+    meta_path: str | os.PathLike,
+    *,
+    names: list[str] | None = None,
+    seed: int | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    base_dir: str | os.PathLike | None = None,
+) -> tuple[list[tuple[MMPRDataset, list[MMPRLine]]], MMPRSummary]:
+    """Each dataset of the meta (all, or `names`, in meta order) with its lines after repeat_time: a fraction < 1
+    is a random subset drawn from one `random.Random(seed)` shared by the datasets in turn (the head of each file
+    when `seed` is None); a whole number > 1 repeats the lines."""
+    datasets = read_mmpr_meta(meta_path, base_dir=base_dir)
+    if names is not None:
+        unknown = sorted(set(names) - {d.name for d in datasets})
+        if unknown:
+            raise DataError(f"{meta_path}: no entries named {unknown}; known: {[d.name for d in datasets]}")
+        datasets = [d for d in datasets if d.name in names]
+    rng = random.Random(seed) if seed is not None else None
+    summary, out = MMPRSummary(), []
+    for ds in datasets:
+        lines = apply_repeat_time(_load_dataset(ds, on_error, summary), ds.repeat_time, rng)
+        summary.per_dataset[ds.name] = len(lines)
+        summary.n_rows += len(lines)
+        out.append((ds, lines))
+    return out, summary
 
 
 def load_mmpr(
@@ -165,21 +233,18 @@ def load_mmpr(
     on_error: Literal["raise", "skip"] = "raise",
     base_dir: str | os.PathLike | None = None,
 ) -> tuple[list[dict[str, Any]], list[MMPRDataset], MMPRSummary]:
-    """Read the meta's datasets (all, or `names`) into pair rows, applying repeat_time; (rows, datasets, summary)."""
-    datasets = read_mmpr_meta(meta_path, base_dir=base_dir)
-    if names is not None:
-        unknown = sorted(set(names) - {d.name for d in datasets})
-        if unknown:
-            raise DataError(f"{meta_path}: no entries named {unknown}; known: {[d.name for d in datasets]}")
-        datasets = [d for d in datasets if d.name in names]
-    summary = MMPRSummary()
-    rows: list[dict[str, Any]] = []
-    for ds in datasets:
-        ds_rows = apply_repeat_time(_load_dataset(ds, on_error, summary), ds.repeat_time, seed)
-        summary.per_dataset[ds.name] = len(ds_rows)
-        rows.extend(ds_rows)
-    summary.n_rows = len(rows)
-    return rows, datasets, summary
+    """`read_mmpr`'s lines as pair rows (image paths joined to their dataset's root, "ds_name" added);
+    (rows, datasets, summary)."""
+    read, summary = read_mmpr(meta_path, names=names, seed=seed, on_error=on_error, base_dir=base_dir)
+    rows = [_as_pair_row(line.row, ds) for ds, lines in read for line in lines]
+    return rows, [ds for ds, _ in read], summary
+
+
+def _as_pair_row(data: dict[str, Any], ds: MMPRDataset) -> dict[str, Any]:
+    row = {**data, "ds_name": ds.name}
+    if data.get("image") not in (None, "", []):
+        row["image"] = _join_root(data["image"], ds.root)
+    return row
 
 
 def _relative_image(image: str, root: Path, where: str) -> str:

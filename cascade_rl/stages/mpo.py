@@ -1,11 +1,13 @@
 """MPO stage (offline RL): train a policy on MMPR preference pairs with `cascade_rl.algos.mpo_loss` (SPEC §1).
 
 Plan of a run: load the policy → check and measure the pairs (never truncating inside an image; no pixels kept)
-→ reference log-probs in one no-grad pass, cached beside the pairs → AdamW + cosine schedule, gradient
+→ reference log-probs in one no-grad pass through the prepared policy (its first forward's device, dtype and
+autocast, so h = 0 at step 0: train/reference.py), cached beside the run → AdamW + cosine schedule, gradient
 accumulation, DDP or DeepSpeed ZeRO-2/3 through accelerate (ZeRO-3 specifics: train/zero3.py) → metrics.jsonl /
 trackers → resumable train state → a Hugging Face format checkpoint in `final/`.
 Each pair's vision features and shared prompt are computed once for both completions (models/logprobs.py).
-Pairs are encoded (images loaded and tiled) per micro-batch, each rank only its own (train/pair_data.py).
+Pairs are encoded (images loaded and tiled) per micro-batch, each rank only its own (train/pair_data.py); they come
+from a pairs file, an MMPR meta json (InternVL's format: per-dataset roots, tile budgets and repeat_time), or both.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from cascade_rl.models import load_policy, save_policy, tokenizer_of
 from cascade_rl.models.logprobs import CHUNK_SIZE
 from cascade_rl.models.pairs import pair_token_logps
 from cascade_rl.models.parts import merge_lora
-from cascade_rl.train.fingerprint import checkpoint_fingerprint, file_sha256
+from cascade_rl.train.fingerprint import checkpoint_fingerprint
 from cascade_rl.train.metrics import MetricsLog
 from cascade_rl.train.optim import OptimConfig
-from cascade_rl.train.pair_data import PairSource, load_pairs
-from cascade_rl.train.reference import cached_reference_logps
+from cascade_rl.train.pair_data import PairSource, load_mmpr_pairs, load_pairs
+from cascade_rl.train.reference import ReferenceScorer, cached_reference_logps, computed_as, like_policy
 from cascade_rl.train.setup import (
     configure_deepspeed,
     end_run,
@@ -45,12 +47,7 @@ from cascade_rl.train.setup import (
     zero_stage,
 )
 from cascade_rl.train.state import load_run_state, save_run_state
-from cascade_rl.train.zero3 import (
-    WHOLE_SEQUENCE,
-    check_zero3_run,
-    gathered_state_dict,
-    reference_from_cache_or_engine,
-)
+from cascade_rl.train.zero3 import WHOLE_SEQUENCE, check_zero3_run, gathered_state_dict
 
 # InternVL3.5's released MPO settings (SPEC §1): lr 2e-7, cosine, warmup 0.03, weight decay 0.05, 1 epoch; global
 # batch = per_device_batch × grad_accum × processes (InternVL: 1 × … = 256).
@@ -62,11 +59,17 @@ class MPOConfig:
     """InternVL3.5's released MPO settings are the defaults (SPEC §1): `optim` MPO_OPTIM, β 0.1, weights
     (0.8, 0.2, 1.0), max 12 tiles. `system_prompt`: the system message of pairs without their own `system_prompt`
     (InternVL trains under its template's default, `data.prompting.INTERNVL_SYSTEM_PROMPT`: the InternVL3.5
-    recipes set it)."""
+    recipes set it).
+
+    pairs: our pairs file (images under `image_root`), with `format_pairs` (the pairs stage's format pairs) trained
+    alongside; mmpr_meta: an InternVL MMPR meta json (each dataset with its own root, `max_dynamic_patch` tile
+    budget, else `max_tiles`, and `repeat_time`, a fraction drawn with `seed`); one of them or both (the files'
+    pairs, then the meta's)."""
 
     model_path: str = ""
     pairs: str = ""
-    format_pairs: str | None = None  # a second pairs file trained with `pairs` (the pairs stage's format pairs)
+    format_pairs: str | None = None
+    mmpr_meta: str | None = None
     image_root: str | None = None
     out_dir: str = "runs/mpo"
     reference: Literal["precomputed", "live"] = "precomputed"
@@ -89,15 +92,17 @@ class MPOConfig:
 
     def __post_init__(self):
         check_choices(self)
-        if not self.model_path or not self.pairs:
-            raise ValueError("model_path and pairs are required")
+        if not self.model_path or not (self.pairs or self.mmpr_meta):
+            raise ValueError(
+                "model_path and pairs (a pairs file, or mmpr_meta: an MMPR meta json, or both) are required"
+            )
         if self.lora_rank and self.freeze_llm:
             raise ValueError("lora_rank > 0 trains adapters inside the LLM; it cannot be combined with freeze_llm")
 
     @property
     def pair_files(self) -> list[str]:
-        """The pairs files trained on, in order: `pairs`, then `format_pairs` when set."""
-        return [self.pairs] + ([self.format_pairs] if self.format_pairs else [])
+        """The pairs files trained on, in order: `pairs`, then `format_pairs` (each when set)."""
+        return [f for f in (self.pairs, self.format_pairs) if f]
 
 
 class PairScorer(torch.nn.Module):
@@ -132,29 +137,59 @@ class PairScorer(torch.nn.Module):
         return sums[:, 0], sums[:, 1], tokens, masks
 
 
-def reference_cache(config: MPOConfig, n_pairs: int) -> tuple[Path, dict]:
-    """Where the reference log-probs are cached, and the key that must match for the cache to be reused."""
+def load_training_pairs(config: MPOConfig, processor) -> tuple[PairSource, dict]:
+    """The pairs of `config.pair_files` then of `config.mmpr_meta` (each when set), read, checked and measured; and
+    their load summaries by source ("pairs", "mmpr")."""
+    settings = dict(max_length=config.max_length, on_overlong=config.on_overlong, system_prompt=config.system_prompt)
+    sources, summaries = [], {}
+    if config.pair_files:
+        source, summary = load_pairs(
+            config.pair_files, processor, image_root=config.image_root, max_tiles=config.max_tiles, **settings
+        )
+        sources.append(source)
+        summaries["pairs"] = vars(summary)
+    if config.mmpr_meta:
+        source, summary = load_mmpr_pairs(
+            config.mmpr_meta, processor, seed=config.seed, max_tiles=config.max_tiles, **settings
+        )
+        sources.append(source)
+        summaries["mmpr"] = vars(summary)
+    pairs = sum(sources[1:], sources[0])
+    if not pairs:
+        files = " and ".join(f for f in (*config.pair_files, config.mmpr_meta) if f)
+        raise DataError(f"{files}: no trainable pairs ({summaries}); fix the data or raise max_length")
+    return pairs, summaries
+
+
+def reference_cache(config: MPOConfig, pairs: PairSource, computed: str) -> tuple[Path, dict]:
+    """Where the reference log-probs are cached, and the key that must match for the cache to be reused: the
+    reference checkpoint, the pairs as they encode, and how the policy's forward runs (`computed_as`)."""
     key = {
         "reference": checkpoint_fingerprint(config.reference_path or config.model_path),
-        "pairs": file_sha256([Path(p) for p in config.pair_files]),
-        "max_tiles": config.max_tiles,
-        "system_prompt": config.system_prompt,
-        "max_length": config.max_length,
-        "n_pairs": n_pairs,
+        "pairs": pairs.fingerprint(),
+        "n_pairs": len(pairs),
+        "computed_as": computed,
     }
     return Path(config.out_dir) / f"reference_logps-{key['reference'][:12]}.pt", key
 
 
-def reference_logps(
-    config: MPOConfig, model, pairs: PairSource, pad_id: int, accelerator: Accelerator
-) -> torch.Tensor:
-    """[N, 2] reference (chosen, rejected) log-prob sums: computed by the main process, cached, read by all."""
-    cache, key = reference_cache(config, len(pairs))
-    if accelerator.is_main_process:
-        ref_model = model if config.reference_path is None else load_policy(config.reference_path)[0]
-        cached_reference_logps(ref_model, pairs, cache, key, pad_id)
-    accelerator.wait_for_everyone()
-    return torch.load(cache, weights_only=True)["logps"]
+def reference_scorer(path: str, policy, pad_id: int, accelerator: Accelerator) -> ReferenceScorer:
+    """The checkpoint at `path` as a pair scorer that runs as the prepared `policy` does (train/reference.py)."""
+    return ReferenceScorer(PairScorer(like_policy(load_policy(path)[0], policy, accelerator), pad_id), accelerator)
+
+
+def reference_logps(config: MPOConfig, scorer, model, pairs: PairSource, pad_id: int, accelerator) -> torch.Tensor:
+    """[N, 2] reference (chosen, rejected) log-prob sums, scored exactly as the policy's first forward: through the
+    prepared `scorer` itself before any step (the starting policy), or a `reference_path` model placed and run like
+    it; spread over the ranks, cached, read by all."""
+
+    def make_scorer():
+        if config.reference_path is None:
+            return scorer
+        return reference_scorer(config.reference_path, model, pad_id, accelerator)
+
+    cache, key = reference_cache(config, pairs, computed_as(accelerator, model))
+    return cached_reference_logps(cache, key, make_scorer, pairs, accelerator)
 
 
 def run_mpo(config: MPOConfig) -> dict:
@@ -170,24 +205,9 @@ def run_mpo(config: MPOConfig) -> dict:
         dump_yaml(config, out / "mpo_config.yaml")
     model, processor, trainable = prepare_policy(config)
     pad_id = tokenizer_of(processor).pad_token_id or 0
-    pairs, data_summary = load_pairs(
-        config.pair_files,
-        processor,
-        image_root=config.image_root,
-        max_tiles=config.max_tiles,
-        max_length=config.max_length,
-        on_overlong=config.on_overlong,
-        system_prompt=config.system_prompt,
-    )
-    if not pairs:
-        files = " + ".join(config.pair_files)
-        raise DataError(f"{files}: no trainable pairs ({data_summary}); fix the file or raise max_length")
+    pairs, data_summary = load_training_pairs(config, processor)
     if zero3:
         check_zero3_run(config)
-    precomputed_now = config.reference == "precomputed" and not zero3  # under ZeRO-3: through the engine, below
-    ref_logps = reference_logps(config, model, pairs, pad_id, accelerator) if precomputed_now else None
-    live = config.reference == "live"
-    live_ref = load_policy(config.reference_path or config.model_path)[0].eval() if live else None
     world, rank = accelerator.num_processes, accelerator.process_index
     order = global_order(len(pairs), optim.epochs, config.seed)
     total = len(order) // (optim.per_device_batch * optim.grad_accum * world)
@@ -201,8 +221,13 @@ def run_mpo(config: MPOConfig) -> dict:
     fill_deepspeed_buckets(accelerator, model)
     scorer = PairScorer(model, pad_id, WHOLE_SEQUENCE if zero3 else CHUNK_SIZE, fixed_call_order=zero3)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
-    if zero3:
-        ref_logps = reference_from_cache_or_engine(*reference_cache(config, len(pairs)), scorer, pairs, accelerator)
+    # the reference scores as the prepared policy's first forward does (device, dtype, autocast), so h = 0 at step 0
+    ref_logps = None
+    if config.reference == "precomputed":
+        ref_logps = reference_logps(config, scorer, model, pairs, pad_id, accelerator)
+    live_ref = None
+    if config.reference == "live":
+        live_ref = reference_scorer(config.reference_path or config.model_path, model, pad_id, accelerator)
     running = RunningMean()
     start = 0
     resumed = load_run_state(out / "state", accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -224,14 +249,13 @@ def run_mpo(config: MPOConfig) -> dict:
 
 
 def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps, live_ref, accelerator):
-    """One optimizer step over `grad_accum` micro-batches; returns the step's metrics (micro-step means)."""
-    live_scorer = PairScorer(live_ref, scorer_pad_id(scorer)) if live_ref is not None else None
+    """One optimizer step over `grad_accum` micro-batches; returns the step's metrics (micro-step means).
+    ref_logps: the precomputed [N, 2] reference log-probs, or None and `live_ref` (a ReferenceScorer)."""
 
     def reference(pairs, idx):
         if ref_logps is not None:
             return ref_logps[idx, 0], ref_logps[idx, 1]
-        with torch.no_grad():
-            chosen, rejected, _, _ = live_scorer(pairs)
+        chosen, rejected, _, _ = live_ref(pairs)
         return chosen.float().cpu(), rejected.float().cpu()
 
     def step(pairs: PairSource, micro_batches):
@@ -269,10 +293,6 @@ def _make_step(config, scorer, optimizer, scheduler, params, running, ref_logps,
     return step
 
 
-def scorer_pad_id(scorer) -> int:
-    return getattr(scorer, "module", scorer).pad_id
-
-
 def _save_state(out: Path, accelerator, model, optimizer, scheduler, step: int, running) -> None:
     extra = {"delta": running.state_dict()}
     save_run_state(
@@ -283,7 +303,7 @@ def _save_state(out: Path, accelerator, model, optimizer, scheduler, step: int, 
 def _finish(config, accelerator, model, processor, data_summary, trainable, steps_run, state=None) -> dict:
     out = Path(config.out_dir)
     summary = {
-        "pairs": vars(data_summary),
+        **data_summary,
         "trainable_parameters": trainable,
         "steps_run": steps_run,
         "final": str(out / "final"),

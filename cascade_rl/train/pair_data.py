@@ -7,18 +7,25 @@ pass) needs it. The model-family work is two calls into models/pairs.py: `pair_n
 off the file headers, no pixels) and `encode_pair` (images loaded and tiled). Resident memory no longer grows with
 the dataset (InternVL: up to 13 × 448² × 3 floats, ~31 MB, per pair). Scoring an encoded pair is
 `models.pairs.pair_token_logps`, called by the stage.
+
+`load_mmpr_pairs` reads InternVL's MMPR meta json the same way: each dataset's rows with its own image root and tile
+budget (`max_dynamic_patch`, else the stage's `max_tiles`), after `repeat_time` (data_tools/mmpr.py::read_mmpr).
+A pair keeps its image root and tile budget, so pairs of both sources mix in one `PairSource` (`+`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from cascade_rl.data import DataError, PromptRow, image_sizes, load_images, row_from_record
 from cascade_rl.data.reader import iter_raw_records
+from cascade_rl.data_tools.mmpr import read_mmpr
 from cascade_rl.models.pairs import EncodedPair, encode_pair, pair_num_tokens
 from cascade_rl.train.lengths import LoadSummary, admit
 
@@ -54,9 +61,48 @@ def load_pairs(
         if admit(summary, source, pair.num_tokens, max_length=max_length, on_overlong=on_overlong, what="pair"):
             rows.append(pair)
     summary.kept = len(rows)
-    return PairSource(
-        rows, processor, image_root=image_root, max_tiles=max_tiles, system_prompt=system_prompt
-    ), summary
+    return PairSource(rows, processor), summary
+
+
+@dataclass
+class MMPRPairSummary(LoadSummary):
+    """Counts from loading an MMPR meta (see LoadSummary; `rows` after repeat_time) and the pairs kept per dataset."""
+
+    per_dataset: dict[str, int] = field(default_factory=dict)
+
+
+def load_mmpr_pairs(
+    meta_path: str | Path,
+    processor,
+    *,
+    seed: int,
+    max_tiles: int,
+    max_length: int,
+    on_overlong: str,
+    system_prompt: str | None = None,
+) -> tuple[PairSource, MMPRPairSummary]:
+    """Read, check and measure every pair of an MMPR meta's datasets as `load_pairs` does a pairs file; a dataset's
+    rows take their images from its `root` and tile them within its `max_dynamic_patch` (`max_tiles` when it has
+    none); `repeat_time` < 1 draws a random subset with `seed`, > 1 repeats the dataset."""
+    datasets, _ = read_mmpr(meta_path, seed=seed)
+    rows, summary = [], MMPRPairSummary()
+    for ds, lines in datasets:
+        budget = ds.max_dynamic_patch or max_tiles
+        kept = 0
+        for line in tqdm(lines, desc=f"measure {ds.name}", unit="pair"):
+            summary.rows += 1
+            root = ds.root or None
+            pair = measure_pair(
+                line.row, line.source, processor, image_root=root, max_tiles=budget, system_prompt=system_prompt
+            )
+            if admit(
+                summary, line.source, pair.num_tokens, max_length=max_length, on_overlong=on_overlong, what="pair"
+            ):
+                rows.append(pair)
+                kept += 1
+        summary.per_dataset[ds.name] = kept
+    summary.kept = len(rows)
+    return PairSource(rows, processor), summary
 
 
 def measure_pair(
@@ -69,7 +115,7 @@ def measure_pair(
     sizes = image_sizes(row, image_root)
     messages = row.to_messages(system_prompt)
     tokens = pair_num_tokens(processor, messages, sizes, record["chosen"], record["rejected"], max_tiles=max_tiles)
-    return PairRow(row, record["chosen"], record["rejected"], tokens)
+    return PairRow(row, record["chosen"], record["rejected"], tokens, image_root, max_tiles, system_prompt)
 
 
 def _check_pair(record, source: str) -> None:
@@ -80,36 +126,53 @@ def _check_pair(record, source: str) -> None:
 
 @dataclass(frozen=True)
 class PairRow:
-    """What re-encodes one kept pair: its prompt row (question, image paths, system prompt, source line), the two
-    completion texts, and its token count (`EncodedPair.num_tokens`), measured at load time."""
+    """What re-encodes one kept pair: its prompt row (question, image paths, own system prompt, source line), the
+    two completion texts, its token count (`EncodedPair.num_tokens`) measured at load time, the folder its image
+    paths are relative to, its tile budget (`max_tiles`, as `encode_pair` takes it) and the system prompt it falls
+    back to without its own."""
 
     row: PromptRow
     chosen: str
     rejected: str
     num_tokens: int
+    image_root: str | None
+    max_tiles: int
+    system_prompt: str | None = None
 
 
 class PairSource:
-    """The kept pairs of a pairs file; `encode(i)` loads and tiles pair i's images on each call (nothing cached).
+    """The kept pairs of a pairs file or MMPR meta; `encode(i)` loads and tiles pair i's images on each call (nothing
+    cached). `a + b`: a's pairs, then b's.
 
-    Holds only `PairRow`s (text and paths): no pixels, no token tensors. `system_prompt`: the system message of
-    pairs without their own.
+    Holds only `PairRow`s (text and paths): no pixels, no token tensors.
     """
 
-    def __init__(
-        self,
-        rows: list[PairRow],
-        processor,
-        *,
-        image_root: str | None,
-        max_tiles: int,
-        system_prompt: str | None = None,
-    ):
-        self.rows, self.processor, self.image_root, self.max_tiles = rows, processor, image_root, max_tiles
-        self.system_prompt = system_prompt
+    def __init__(self, rows: list[PairRow], processor):
+        self.rows, self.processor = rows, processor
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def __add__(self, other: PairSource) -> PairSource:
+        return PairSource(self.rows + other.rows, self.processor)
+
+    def fingerprint(self) -> str:
+        """sha256 of everything that decides how the pairs encode, in order: texts, image paths and roots, tile
+        budgets (the reference cache key). Image files are not hashed."""
+        digest = hashlib.sha256()
+        for p in self.rows:
+            fields = [
+                p.row.system_prompt,
+                p.system_prompt,
+                p.row.question,
+                p.row.images,
+                p.chosen,
+                p.rejected,
+                p.image_root,
+                p.max_tiles,
+            ]
+            digest.update(json.dumps(fields).encode() + b"\n")
+        return digest.hexdigest()
 
     def num_tokens(self, i: int) -> int:
         """Tokens of pair i's longer full sequence, without encoding it."""
@@ -118,9 +181,15 @@ class PairSource:
     def encode(self, i: int) -> EncodedPair:
         """Pair i tokenised, its images loaded and tiled; exactly what an up-front `encode_pair` gave."""
         item = self.rows[i]
-        images = load_images(item.row, self.image_root)
-        messages = item.row.to_messages(self.system_prompt)
-        pair = encode_pair(self.processor, messages, images, item.chosen, item.rejected, max_tiles=self.max_tiles)
+        images = load_images(item.row, item.image_root)
+        pair = encode_pair(
+            self.processor,
+            item.row.to_messages(item.system_prompt),
+            images,
+            item.chosen,
+            item.rejected,
+            max_tiles=item.max_tiles,
+        )
         if pair.num_tokens != item.num_tokens:  # e.g. an image replaced by one of another size since loading
             raise DataError(
                 f"{item.row.source}: pair encodes to {pair.num_tokens} tokens but measured {item.num_tokens} when "

@@ -4,19 +4,13 @@ ZeRO-3 gathers a module's parameters collectively each time the module is called
 the same modules in the same order. So MPO scores every pair with the same calls: embeddings, vision tower (on a
 blank tile, output added × 0, for a pair without images: `embed_in_fixed_order`), projector, decoder, and one
 LM-head call (not chunked: `WHOLE_SEQUENCE`). transformers loads the policy already partitioned, so nothing may
-run it outside the DeepSpeed engine: the reference pass runs through the prepared engine, each rank scoring every
-world-th pair, and the final checkpoint is gathered from the partitions.
+run it outside the DeepSpeed engine: the reference pass runs through the prepared engine (as it does under every
+setup, train/reference.py), and the final checkpoint is gathered from the partitions.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from tqdm import tqdm
-
-from cascade_rl.train.pair_data import PairSource
-from cascade_rl.train.reference import read_cache, write_cache
 
 WHOLE_SEQUENCE = 1 << 30  # chunk size: the LM head runs once per pair
 
@@ -29,36 +23,7 @@ def check_zero3_run(config) -> None:
         raise ValueError("LoRA under ZeRO-3 is not supported: use ZeRO-2 (recipes/deepspeed/zero2.json) for LoRA")
 
 
-@torch.no_grad()
-def sharded_sequence_logps(scorer, pairs: PairSource, accelerator) -> torch.Tensor:
-    """[N, 2] summed (chosen, rejected) log-probs through the prepared `scorer`: rank r scores pairs r, r + world,
-    ...; every rank makes the same number of calls (the last pair repeats to even them out); results gathered."""
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_rank = -(-len(pairs) // world)
-    rows = torch.empty(per_rank, 2)
-    scorer.eval()
-    for k in tqdm(range(per_rank), desc="reference log-probs", unit="pair", disable=not accelerator.is_main_process):
-        chosen, rejected, _, _ = scorer([pairs.encode(min(rank + k * world, len(pairs) - 1))])
-        rows[k] = torch.stack([chosen[0], rejected[0]]).float().cpu()
-    scorer.train()
-    gathered = accelerator.gather(rows.to(accelerator.device)).cpu().view(world, per_rank, 2)
-    return gathered.transpose(0, 1).reshape(-1, 2)[: len(pairs)]  # pair i = rank i % world, slot i // world
-
-
 def gathered_state_dict(accelerator, scorer) -> dict[str, torch.Tensor] | None:
     """The full policy state dict on rank 0 (None elsewhere; every rank must call this), keyed as the policy's."""
     state = accelerator.get_state_dict(scorer)
     return None if state is None else {name.removeprefix("model."): value for name, value in state.items()}
-
-
-def reference_from_cache_or_engine(cache: Path, key: dict, scorer, pairs: PairSource, accelerator) -> torch.Tensor:
-    """The cached [N, 2] reference log-probs when `cache` matches `key`, else computed by all ranks and cached."""
-    logps = read_cache(cache, key, len(pairs))
-    accelerator.wait_for_everyone()  # every rank has read the cache before rank 0 may rewrite it
-    if logps is not None:
-        return logps
-    logps = sharded_sequence_logps(scorer, pairs, accelerator)
-    if accelerator.is_main_process:
-        write_cache(cache, key, logps)
-    accelerator.wait_for_everyone()
-    return logps

@@ -1,6 +1,7 @@
 """MMPR import/export: meta json + jsonl, repeat_time, round trip, bad rows named by file:line."""
 
 import json
+import random
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_read_internvl_layout_with_repeat_time(tmp_path):
                 [pair(k, f"img/{k}.png") for k in range(5)],
             ),
             "chart": (
-                {"root": "imgs", "repeat_time": 2, "data_augment": True, "custom": "x"},
+                {"root": "imgs", "repeat_time": 2, "data_augment": True},
                 [pair(9, ["c1.png", "c2.png"])],
             ),
             "text": ({"root": ""}, [{"question": "q", "chosen": "a", "rejected": "b"}]),
@@ -50,7 +51,7 @@ def test_read_internvl_layout_with_repeat_time(tmp_path):
     assert (summary.n_lines, summary.n_rows, summary.per_dataset) == (7, 5, {"geo": 2, "chart": 2, "text": 1})
     geo, chart, _ = datasets
     assert (geo.repeat_time, geo.max_dynamic_patch, geo.length) == (0.5, 6, 5)
-    assert (chart.data_augment, chart.extra) == (True, {"custom": "x"})
+    assert chart.data_augment is True and chart.max_dynamic_patch is None
     assert geo.annotation == str(tmp_path / "ann" / "geo.jsonl")  # relative to the meta file's folder
 
     only, _, _ = load_mmpr(meta_path, names=["chart"])
@@ -61,11 +62,26 @@ def test_read_internvl_layout_with_repeat_time(tmp_path):
 
 def test_seeded_subsample_is_reproducible_and_keeps_file_order():
     rows = list(range(10))
-    a = apply_repeat_time(rows, 0.3, seed=0)
-    assert len(a) == 3 and a == sorted(a) and a == apply_repeat_time(rows, 0.3, seed=0)
+    a = apply_repeat_time(rows, 0.3, random.Random(0))
+    assert len(a) == 3 and a == sorted(a) and a == apply_repeat_time(rows, 0.3, random.Random(0))
     assert apply_repeat_time(rows, 0.3) == [0, 1, 2]
-    assert any(apply_repeat_time(rows, 0.3, seed=s) != a for s in range(1, 5))
+    assert any(apply_repeat_time(rows, 0.3, random.Random(s)) != a for s in range(1, 5))
     assert apply_repeat_time(rows, 3) == rows * 3
+
+
+def test_load_with_a_seed_draws_a_subset_per_dataset_from_one_generator(tmp_path):
+    lines = [pair(k) for k in range(10)]
+    meta_path = write_mmpr_by_hand(
+        tmp_path, {"a": ({"root": "", "repeat_time": 0.3}, lines), "b": ({"root": "", "repeat_time": 0.3}, lines)}
+    )
+    drawn = {}
+    for seed in range(5):
+        rows, _, summary = load_mmpr(meta_path, seed=seed)
+        assert summary.per_dataset == {"a": 3, "b": 3}  # int(10 × 0.3) each
+        drawn[seed] = [[r["chosen"] for r in rows if r["ds_name"] == name] for name in ("a", "b")]
+        assert load_mmpr(meta_path, seed=seed)[0] == rows  # reproducible
+    assert len({str(d) for d in drawn.values()}) > 1  # the seed decides the subset
+    assert any(a != b for a, b in drawn.values())  # equal files, yet not the same draw: one generator, in turn
 
 
 def test_round_trip(tmp_path):
@@ -129,10 +145,28 @@ def test_bad_pair_row_names_file_line_or_is_skipped(tmp_path):
         ({"root": "/r"}, "needs a string 'annotation'"),
         ({"root": "/r", "annotation": "missing.jsonl"}, "annotation 'missing.jsonl' not found"),
         ({"root": "/r", "annotation": "a.jsonl", "repeat_time": 1.5}, "repeat_time=1.5 must be in"),
+        ({"root": "/r", "annotation": "a.jsonl", "repeat_time": "2"}, "repeat_time='2' must be a number"),
+        (
+            {"root": "/r", "annotation": "a.jsonl", "max_dynamic_patch": 0},
+            "max_dynamic_patch=0 must be a whole number",
+        ),
+        (
+            {"root": "/r", "annotation": "a.jsonl", "repeat_times": 2},
+            r"unknown key\(s\) \['repeat_times'\]; valid keys: root, annotation, repeat_time, max_dynamic_patch, ",
+        ),
+        ("not an object", r"expected an object \{root, annotation, ...\}"),
     ],
 )
 def test_bad_meta_entries(tmp_path, entry, message):
     (tmp_path / "a.jsonl").write_text("")
     (tmp_path / "meta.json").write_text(json.dumps({"d": entry}))
     with pytest.raises(DataError, match=f"meta.json entry 'd': {message}"):
+        read_mmpr_meta(tmp_path / "meta.json")
+
+
+def test_missing_or_broken_meta_file_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"MMPR meta file .*nope.json not found; fix the path"):
+        read_mmpr_meta(tmp_path / "nope.json")
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"meta.json: not valid JSON .*; fix the meta file"):
         read_mmpr_meta(tmp_path / "meta.json")

@@ -94,7 +94,7 @@ def test_reference_cache_is_reused(tiny_checkpoint, pairs_file, tmp_path, monkey
     def forbidden(*args, **kwargs):
         raise AssertionError("reference log-probs recomputed although the cache matches")
 
-    monkeypatch.setattr(reference, "sequence_logps", forbidden)
+    monkeypatch.setattr(reference, "sharded_sequence_logps", forbidden)
     (tmp_path / "run" / "state").mkdir(exist_ok=True)
     run_mpo(MPOConfig(**{**cfg.__dict__, "out_dir": str(tmp_path / "run")}))
 
@@ -181,6 +181,9 @@ class EagerPairs(list):
 
     def encode(self, i: int):
         return self[i]
+
+    def fingerprint(self) -> str:
+        return "eager"  # the reference cache key; each run here has its own out_dir, so its own cache
 
 
 def eager_pairs(path, images, processor, *, max_tiles: int) -> EagerPairs:
