@@ -33,6 +33,7 @@ from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.pair_data import PairSource, load_pairs
 from cascade_rl.train.reference import cached_reference_logps
 from cascade_rl.train.setup import (
+    check_launch,
     configure_deepspeed,
     end_run,
     fill_deepspeed_buckets,
@@ -74,6 +75,7 @@ class MPOConfig:
     max_tiles: int = 12
     max_length: int = 16384
     on_overlong: Literal["drop", "raise"] = "drop"
+    deepspeed: str | None = None  # the DeepSpeed JSON this stage is launched with (None: DDP); see docs/recipes.md
     freeze_vision: bool = False
     freeze_projector: bool = False
     freeze_llm: bool = False
@@ -152,6 +154,7 @@ def run_mpo(config: MPOConfig) -> dict:
     out = Path(config.out_dir)
     optim = config.optim
     accelerator = make_accelerator(optim, config.log_with, config.out_dir)
+    check_launch(accelerator, config.deepspeed, "mpo.deepspeed")
     configure_deepspeed(accelerator, optim, zero3=True)
     zero3 = zero_stage(accelerator) == 3  # see train/zero3.py
     torch.manual_seed(config.seed)
