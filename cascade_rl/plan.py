@@ -42,6 +42,8 @@ GIB = 2**30
 IMAGE_TOKENS_PER_TILE = 256  # InternVL: a 448 px tile becomes 256 tokens after pixel shuffle
 ACTIVATION_BYTES_PER_HIDDEN_LAYER = 34  # per token, per unit of hidden size, per layer (see the docstring)
 KV_RESERVE = 0.1  # share of the engine's memory that must stay free for the KV cache beyond the weights
+MAX_UTILIZATION = 0.95  # the largest vllm.gpu_memory_utilization the plan suggests
+MIN_ACTIVATION_TOKENS = 4096  # a trainer must have room for the activations of at least this many tokens
 SHARDED_STAGES = ("sft", "mpo", "gspo")
 
 
@@ -165,7 +167,9 @@ class StagePlan:
 
     @property
     def fits(self) -> bool:
-        return self.fixed <= self.capacity and not self.fix
+        """The parts fit, and a trainer has room for MIN_ACTIVATION_TOKENS tokens of activations."""
+        floor = self.bytes_per_token * MIN_ACTIVATION_TOKENS
+        return self.fixed <= self.capacity and self.activation_room >= floor and not self.fix
 
     @property
     def activation_room(self) -> float:
@@ -234,16 +238,10 @@ def engine_memory(stage: str, vllm, weights: float, capacity: float) -> tuple[fl
     if weights <= (1 - KV_RESERVE) * share:
         return share, ""
     needed = math.ceil(weights / (1 - KV_RESERVE) / capacity * 20) / 20
-    if needed >= 1:
-        return (
-            share,
-            f"vLLM's weights ({weights / GIB:.1f} GiB) do not fit one GPU: use --gpu-memory {_gib_needed(weights)}",
-        )
+    if needed > MAX_UTILIZATION:
+        gib = math.ceil(weights / (1 - KV_RESERVE) / MAX_UTILIZATION / GIB)
+        return share, f"vLLM's weights ({weights / GIB:.1f} GiB) do not fit one GPU: use --gpu-memory {gib}"
     return share, f"set {stage}.vllm.gpu_memory_utilization: {needed:.2f} (its weights take {weights / GIB:.1f} GiB)"
-
-
-def _gib_needed(weights: float) -> int:
-    return math.ceil(weights / (1 - KV_RESERVE) / GIB)
 
 
 def plan_rollout(config, size: ModelSize, capacity: float, released: bool) -> StagePlan:
@@ -290,7 +288,7 @@ def trainer_fix(stage: str, config, size: ModelSize, capacity: float, gpus: int,
     def fits(zero: int, n: int) -> bool:
         sharding = Sharding(zero, current.offload_optimizer, current.offload_param)
         plan = plan_trainer(stage, config, size, capacity, n, released, sharding)
-        return plan.fixed <= capacity
+        return plan.fits or (plan.fix and plan.fixed <= capacity)  # an engine's fix is named on its own
 
     for zero in range(max(current.zero + 1, 2), deepest + 1):
         if fits(zero, gpus):
@@ -369,7 +367,7 @@ def plan_memory(model_path: str, name: str, stages: list[tuple[str, object]], gp
             planned.append(plan_rollout(config, size, capacity, released))
         elif stage in SHARDED_STAGES:
             plan = plan_trainer(stage, config, size, capacity, gpus, released, stage_sharding(stage, config))
-            if plan.fixed > capacity:
+            if not plan.fits and not (plan.fix and plan.fixed <= capacity):
                 plan.fix = "; ".join(
                     f for f in (plan.fix, trainer_fix(stage, config, size, capacity, gpus, released)) if f
                 )
