@@ -319,7 +319,9 @@ class MemoryPlan:
     def refusal(self) -> str:
         """One line per stage that does not fit, with what to change; empty when the plan fits."""
         return "\n".join(
-            f"{s.stage} does not fit {self.gpu_memory_gib:g} GiB per GPU ({s.fixed / GIB:.1f} GiB): {s.fix}"
+            f"{s.stage} does not fit {self.gpu_memory_gib:g} GiB per GPU ({s.fixed / GIB:.1f} GiB held"
+            + (f", {max(s.activation_room, 0) / GIB:.1f} left for activations" if s.tokens else "")
+            + f"): {s.fix}"
             for s in self.stages
             if not s.fits
         )
