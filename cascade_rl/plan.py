@@ -10,7 +10,7 @@ Trainers (SFT, MPO, GSPO), per rank:
   `offload_optimizer` moves the 12 T to the CPU, `offload_param` (ZeRO-3) the weights.
 - Reference model: MPO `reference: live` keeps a frozen fp32 copy (4 P) on every rank (`precomputed`, the default,
   scores the pairs once before training and holds none); GSPO with `kl_coef > 0` keeps one too.
-- Activations (an estimate, never a reason to refuse): 34 h L bytes per token of the longest backward, h the
+- Activations (an estimate; only the floor below refuses): 34 h L bytes per token of the longest backward, h the
   language model's hidden size, L its layers: Korthikanti et al. 2022 (arXiv 2205.05198, eq. 2) for bf16
   activations without recomputation, with the 5 a s / h attention term dropped (fused attention keeps no scores).
   Longest backward: SFT per_device_batch × max_length; MPO per_device_batch × 2 max_length (one packed row holds the
@@ -25,7 +25,9 @@ Rollout engines:
 - `engine: server` (GSPO): vLLM servers on their own GPUs, one trainer process (several are refused).
 - `engine: hf`: the transformers engine holds fp32 weights, 4 P (in GSPO: the trainer's own model).
 
-A plan fits when, on every stage, the parts besides the activations fit the GPU; `refusal` names what to change.
+A plan fits when, on every stage, the parts besides the activations fit the GPU and a trainer keeps room for the
+activations of MIN_ACTIVATION_TOKENS tokens; `refusal` names what to change (a deeper ZeRO stage, more GPUs, vLLM's
+share or precision).
 """
 
 from __future__ import annotations
@@ -263,7 +265,10 @@ def plan_trainer(
     world = gpus
     if stage == "gspo" and config.engine in ("server", "hf-server"):
         world = 1
-        notes.append(f"rollout servers on {len(config.server_urls)} dedicated GPU(s); GSPO trains in one process")
+        notes.append(
+            f"GSPO trains in one process; {len(config.server_urls)} rollout server(s) on their own GPUs, each holding "
+            f"{2 * size.total / GIB:.1f} GiB of bf16 weights (split by its --tensor-parallel-size) and its KV cache"
+        )
     parts = trainer_states(size, trained_params(size, config), sharding, world)
     live_reference = getattr(config, "reference", None) == "live" or getattr(config, "kl_coef", 0.0) > 0
     if live_reference:

@@ -145,10 +145,10 @@ def test_unplannable_inputs_are_refused(capsys, tmp_path):
     assert "--gpus needs --gpu-memory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("stage", ["sft", "mpo"])
+@pytest.mark.parametrize("stage", ["sft", "mpo", "gspo"])
 def test_a_trainer_refuses_a_launch_unlike_its_declared_sharding(capsys, tmp_path, stage):
     # One process without DeepSpeed, while the config declares ZeRO-3: refused before any model loads.
-    data = "data" if stage == "sft" else "pairs"
+    data = {"sft": "data", "mpo": "pairs", "gspo": "prompts"}[stage]
     args = [stage, "model_path=/nowhere", f"{data}=x.jsonl", f"out_dir={tmp_path}"]
     assert main([*args, "deepspeed=recipes/deepspeed/zero2.json"]) == 2
     err = capsys.readouterr().err

@@ -135,9 +135,10 @@ def check_launch(accelerator: Accelerator, declared: str | None, key: str) -> No
     expected, running = config_zero_stage(read_deepspeed_config(declared, key)), zero_stage(accelerator)
     if running != expected:
         now = f"ZeRO-{running}" if running else "without DeepSpeed"
+        launcher = f"recipes/deepspeed/accelerate_zero{expected}.yaml" if expected in (2, 3) else "ACCELERATE.yaml"
         raise ConfigError(
             f"{key}: {declared} (ZeRO-{expected}), but this run is launched {now}: launch it with `accelerate "
-            f"launch --config_file recipes/deepspeed/accelerate_zero{expected}.yaml`, or change {key}"
+            f"launch --config_file {launcher}` (its deepspeed_config_file: {declared}), or change {key}"
         )
 
 
