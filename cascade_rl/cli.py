@@ -93,13 +93,29 @@ def _validate(args: argparse.Namespace) -> int:
 
     config = _cascade_config(args)
     built = validate(config)
-    print(f"{args.recipe}: ok; stages {' → '.join(p.name for p in plan_stages(config))}")
+    names = [plan.name for plan in plan_stages(config)]
+    print(f"{args.recipe}: ok; stages {' → '.join(names)}")
+    if args.gpus is not None or args.gpu_memory is not None:
+        _memory_plan(args, config, list(zip(names, built)))
     if uses_vllm(built):
         try:
             require_vllm()
         except EngineUnavailable as err:
             print(f"note: not runnable on this machine as it is: {err}")
     return 0
+
+
+def _memory_plan(args: argparse.Namespace, config, stages: list) -> None:
+    """Print the recipe's memory plan (cascade_rl/plan.py); refuse one that does not fit."""
+    from cascade_rl.config import ConfigError
+    from cascade_rl.plan import plan_memory
+
+    if args.gpu_memory is None:
+        raise ConfigError("--gpus needs --gpu-memory GIB (memory per GPU, e.g. 80) to plan memory")
+    plan = plan_memory(config.model_path, config.name, stages, args.gpus or 1, args.gpu_memory)
+    print("\n".join(plan.lines()))
+    if not plan.fits:
+        raise ConfigError(f"{args.recipe}: the memory plan does not fit:\n{plan.refusal()}")
 
 
 def _print_config(args: argparse.Namespace) -> int:
@@ -191,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("recipe", help="recipe YAML")
         command.add_argument("overrides", nargs="*", help="dotted key=value overrides")
         command.set_defaults(func=func)
+        if name == "validate":
+            command.add_argument("--gpus", type=int, help="GPUs the trainers run on (memory plan; default 1)")
+            command.add_argument("--gpu-memory", type=float, help="GiB per GPU: print a memory plan per stage")
     sub.add_parser("ls", help="list the recipes").set_defaults(func=_ls)
     _add_serve(sub)
     for stage in STAGES.values():

@@ -58,14 +58,18 @@ def policy_parameter_names(path: str | Path) -> set[str]:
     """The parameter names `load_policy(path)` would give (what a trainer sends), from the checkpoint's config
     alone: the model is built on the meta device, so no weights are read or allocated. (The names inside the
     safetensors files may follow an older layout that transformers converts when loading.)"""
+    return {name for name, _ in meta_policy(path).named_parameters()}
+
+
+def meta_policy(path: str | Path):
+    """The model `load_policy(path)` would build, from config.json alone, on the meta device (shapes, no weights)."""
     from transformers import AutoConfig
 
     path = Path(path)
     model_type = checkpoint_model_type(path)
     auto = AutoModelForImageTextToText if model_type in VISION_LANGUAGE_TYPES else AutoModelForCausalLM
     with torch.device("meta"):
-        model = auto.from_config(AutoConfig.from_pretrained(path))
-    return {name for name, _ in model.named_parameters()}
+        return auto.from_config(AutoConfig.from_pretrained(path))
 
 
 def load_policy(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | None = None):

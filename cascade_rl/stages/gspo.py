@@ -41,7 +41,7 @@ from cascade_rl.train.groups import Group, compute_old_logps, make_group
 from cascade_rl.train.metrics import MetricsLog
 from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.ranks import GroupScorer, all_records, check_ranks, combine_ranks, rank_share
-from cascade_rl.train.setup import end_run, make_accelerator, make_optimizer, start_trackers
+from cascade_rl.train.setup import check_launch, end_run, make_accelerator, make_optimizer, start_trackers
 from cascade_rl.train.state import load_train_state, save_train_state
 
 # InternVL3.5's released online recipe (SPEC §3): lr 1e-6 constant, no warmup, AdamW weight decay 0.01, grad clip 1.0.
@@ -86,6 +86,7 @@ class GSPOConfig:
     max_tiles: int = 12
     engine_batch_size: int = 16
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    deepspeed: str | None = None  # the DeepSpeed JSON this stage is launched with (None: DDP); see docs/recipes.md
     freeze_vision: bool = True
     kl_coef: float = 0.0
     is_correction: Literal["none", "sequence"] = "none"
@@ -130,6 +131,7 @@ class GSPOTrainer:
         self.config = config
         self.out = Path(config.out_dir)
         self.accelerator = make_accelerator(config.optim, config.log_with, config.out_dir)
+        check_launch(self.accelerator, config.deepspeed, "gspo.deepspeed")
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         check_ranks(config, self.world)
         if engine is None and config.engine == "vllm":

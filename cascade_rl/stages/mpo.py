@@ -35,6 +35,7 @@ from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.pair_data import PairSource, load_mmpr_pairs, load_pairs
 from cascade_rl.train.reference import ReferenceScorer, cached_reference_logps, computed_as, like_policy
 from cascade_rl.train.setup import (
+    check_launch,
     configure_deepspeed,
     end_run,
     fill_deepspeed_buckets,
@@ -81,6 +82,7 @@ class MPOConfig:
     system_prompt: str | None = None
     max_length: int = 16384
     on_overlong: Literal["drop", "raise"] = "drop"
+    deepspeed: str | None = None  # the DeepSpeed JSON this stage is launched with (None: DDP); see docs/recipes.md
     freeze_vision: bool = False
     freeze_projector: bool = False
     freeze_llm: bool = False
@@ -197,6 +199,7 @@ def run_mpo(config: MPOConfig) -> dict:
     out = Path(config.out_dir)
     optim = config.optim
     accelerator = make_accelerator(optim, config.log_with, config.out_dir)
+    check_launch(accelerator, config.deepspeed, "mpo.deepspeed")
     configure_deepspeed(accelerator, optim, zero3=True)
     zero3 = zero_stage(accelerator) == 3  # see train/zero3.py
     torch.manual_seed(config.seed)

@@ -33,6 +33,7 @@ from cascade_rl.train.lengths import LoadSummary, admit
 from cascade_rl.train.metrics import MetricsLog
 from cascade_rl.train.optim import OptimConfig
 from cascade_rl.train.setup import (
+    check_launch,
     configure_deepspeed,
     end_run,
     fill_deepspeed_buckets,
@@ -65,6 +66,7 @@ class SFTConfig:
     max_length: int = 16384
     on_overlong: Literal["drop", "raise"] = "drop"
     system_prompt: str | None = None
+    deepspeed: str | None = None  # the DeepSpeed JSON this stage is launched with (None: DDP); see docs/recipes.md
     freeze_vision: bool = False
     freeze_projector: bool = False
     freeze_llm: bool = False
@@ -129,6 +131,7 @@ def run_sft(config: SFTConfig) -> dict:
     out = Path(config.out_dir)
     optim = config.optim
     accelerator = make_accelerator(optim, config.log_with, config.out_dir)
+    check_launch(accelerator, config.deepspeed, "sft.deepspeed")
     configure_deepspeed(accelerator, optim)
     torch.manual_seed(config.seed)
     if accelerator.is_main_process:

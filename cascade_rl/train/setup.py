@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGr
 from accelerate.state import AcceleratorState
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from cascade_rl.config import ConfigError
 from cascade_rl.models import load_policy
 from cascade_rl.models.parts import add_lora, freeze_parts
 from cascade_rl.train.optim import SCHEDULES, OptimConfig
@@ -111,6 +113,33 @@ def zero_stage(accelerator: Accelerator) -> int:
 
 def config_zero_stage(ds_config: dict) -> int:
     return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def read_deepspeed_config(path: str, key: str) -> dict:
+    """The DeepSpeed JSON a trainer config's `deepspeed:` names (`key`, e.g. "mpo.deepspeed", for the error): `path`
+    as given (absolute or from the working directory), else from the source checkout (`recipes/deepspeed/...`)."""
+    for candidate in (Path(path), Path(__file__).resolve().parents[2] / path):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text())
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{key}: {candidate} is not valid JSON ({err})") from None
+    raise ConfigError(f"{key}: no DeepSpeed config file {path}; name one such as recipes/deepspeed/zero3.json")
+
+
+def check_launch(accelerator: Accelerator, declared: str | None, key: str) -> None:
+    """Refuse a run whose ZeRO stage differs from the one its config declares (`deepspeed:`, which
+    `cascade-rl validate` plans memory with); nothing declared: any launch runs."""
+    if declared is None:
+        return
+    expected, running = config_zero_stage(read_deepspeed_config(declared, key)), zero_stage(accelerator)
+    if running != expected:
+        now = f"ZeRO-{running}" if running else "without DeepSpeed"
+        launcher = f"recipes/deepspeed/accelerate_zero{expected}.yaml" if expected in (2, 3) else "ACCELERATE.yaml"
+        raise ConfigError(
+            f"{key}: {declared} (ZeRO-{expected}), but this run is launched {now}: launch it with `accelerate "
+            f"launch --config_file {launcher}` (its deepspeed_config_file: {declared}), or change {key}"
+        )
 
 
 def deepspeed_fields(ds_config: dict, optim: OptimConfig, world: int, *, zero3: bool = False) -> dict:
