@@ -44,6 +44,6 @@ def _buckets(named: list, bucket_bytes: int) -> Iterator[list]:
 
 
 def _gathered(params: list):
-    from deepspeed.zero import GatheredParameters
+    import deepspeed
 
-    return GatheredParameters(params)
+    return deepspeed.zero.GatheredParameters(params)

@@ -43,10 +43,18 @@ def check_zero3_gspo(config) -> None:
 
 def unpartitioned_policy(accelerator, path) -> torch.nn.Module:
     """A whole copy of the policy at `path` on this rank, loaded outside ZeRO-3's partitioning (in the training
-    precision, on this rank's device, eval mode, no gradients): what an HF engine samples from under ZeRO-3."""
-    with accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False):
-        dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    precision, on this rank's device, eval mode, no gradients): what an HF engine samples from under ZeRO-3.
+    transformers partitions what it loads while accelerate's DeepSpeed config is registered with it; the
+    registration is lifted for this load (accelerate's `zero3_init_context_manager(enable=False)` re-registers the
+    same config, so it does not help)."""
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    unset_hf_deepspeed_config()
+    try:
         model, _ = load_policy(path, dtype=dtype, device=str(accelerator.device))
+    finally:
+        set_hf_deepspeed_config(accelerator.state.deepspeed_plugin.dschf)
     return model.eval().requires_grad_(False)
 
 
