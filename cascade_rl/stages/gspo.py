@@ -42,7 +42,7 @@ from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 from cascade_rl.train.groups import Group, cache_vision, compute_old_logps, make_group
 from cascade_rl.train.metrics import MetricsLog
 from cascade_rl.train.optim import OptimConfig
-from cascade_rl.train.ranks import PolicyCall, all_records, check_ranks, combine_ranks, deal_rows, rank_counts
+from cascade_rl.train.ranks import PolicyCall, all_ranks, check_ranks, combine_ranks, deal_rows, rank_counts
 from cascade_rl.train.setup import (
     configure_deepspeed,
     end_run,
@@ -239,8 +239,10 @@ class GSPOTrainer:
             groups += [g for g in new_groups if not (c.drop_zero_variance and g.zero_variance)]
         groups = groups[: min(rank_counts(self.accelerator, len(groups)))]
         stats["kept_groups"] = len(groups)
-        self.ledger.update_from_records(all_records(self.accelerator, records_all))
-        stats.update(_rollout_metrics(records_all, results))
+        # Over every rank's rollouts (ranks may have sampled different numbers of prompts): the same on every rank
+        everyone = all_ranks(self.accelerator, records_all)
+        self.ledger.update_from_records(everyone)
+        stats.update(_rollout_metrics(everyone, all_ranks(self.accelerator, results)))
         stats["rollout_tokens_per_s"] = stats["rollout_tokens"] = sum(r.num_tokens for r in records_all)
         stats["rollout_tokens_per_s"] /= max(stats["rollout_s"], 1e-9)
         return groups, stats, cursor

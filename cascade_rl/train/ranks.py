@@ -70,8 +70,9 @@ SUMMED_OVER_RANKS = (
 
 
 def combine_ranks(accelerator, metrics: dict[str, float]) -> dict[str, float]:
-    """Counts and throughputs summed over the ranks, every other scalar averaged (all ranks log the same keys;
-    ranks hold equal numbers of groups, so a mean of rank means is the mean over the step)."""
+    """Counts and throughputs summed over the ranks, every other scalar averaged (all ranks log the same keys).
+    Rollout metrics are computed over every rank's rollouts, so they are equal on all ranks; update metrics are rank
+    means over equal numbers of groups, so their mean is the mean over the step."""
     if accelerator.num_processes == 1:
         return metrics
     keys = sorted(metrics)
@@ -81,6 +82,6 @@ def combine_ranks(accelerator, metrics: dict[str, float]) -> dict[str, float]:
     return {k: v if k in SUMMED_OVER_RANKS else v / world for k, v in zip(keys, summed)}
 
 
-def all_records(accelerator, records: list) -> list:
-    """Every rank's rollout records, in rank order (for the pass-rate ledger)."""
-    return records if accelerator.num_processes == 1 else gather_object(records)
+def all_ranks(accelerator, items: list) -> list:
+    """Every rank's `items` (rollout records, reward results), concatenated in rank order."""
+    return items if accelerator.num_processes == 1 else gather_object(items)
