@@ -185,26 +185,26 @@ def _ours_step(trainer, requests, rollouts, fixture, step: int) -> tuple[list, d
     import torch
 
     from cascade_rl.algos import group_advantages
-    from cascade_rl.train.groups import compute_old_logps, make_group
+    from cascade_rl.train.groups import cache_vision, compute_old_logps, make_group
 
     c, clock = trainer.config, Clock()
     groups = [
         make_group(
-            trainer.model,
             trainer.processor,
             request,
             rollouts[request.prompt_id],
             fixture[request.prompt_id]["rewards"],
             max_tiles=c.max_tiles,
-            frozen_vision=c.freeze_vision,
         )
         for request in requests
     ]
+    if c.freeze_vision:
+        cache_vision(trainer.scorer, groups)
     advantages = group_advantages(torch.cat([g.rewards for g in groups]), c.sampling.n, eps=ADV_EPS)
     for group, adv in zip(groups, advantages.view(len(groups), c.sampling.n)):
         group.advantages = adv
     prepared, _ = clock.lap()
-    compute_old_logps(trainer.model, groups, temperature=c.sampling.temperature, pad_id=trainer.pad_id)
+    compute_old_logps(trainer.scorer, groups, **trainer.scoring)
     old_done, _ = clock.lap()
     trainer.update(groups, step)
     wall, cpu = clock.lap()

@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from cascade_rl.models.chat import EncodedChat, encode_prompt
-from cascade_rl.models.logprobs import shared_prompt_logps
-from cascade_rl.models.vision_cache import vision_features
+from cascade_rl.models.logprobs import CHUNK_SIZE, shared_prompt_logps
+from cascade_rl.models.vision_cache import blank_features, vision_features
 
 
 @dataclass(frozen=True)
@@ -42,19 +42,29 @@ def encode_request(processor, request, *, max_tiles: int) -> PromptInputs:
     return PromptInputs(prompt.input_ids, prompt.pixel_values)
 
 
-def with_vision_cache(model, prompt: PromptInputs) -> PromptInputs:
+def with_vision_cache(model, prompt: PromptInputs, *, fixed_call_order: bool = False) -> PromptInputs:
     """`prompt` with the vision tower's output for its pixels computed now, once (`vision_features`); unchanged
-    without images. Only for a frozen tower: later scoring applies the (trainable) projector to the kept output."""
+    without images. Only for a frozen tower: later scoring applies the (trainable) projector to the kept output.
+    fixed_call_order: a prompt without images keeps a blank tile's output instead (`blank_features`), so every
+    prompt calls the tower here and the projector when scored (what ZeRO-3 needs; the blank adds × 0)."""
     if prompt.pixel_values is None:
-        return prompt
+        return replace(prompt, vision_cache=blank_features(model)) if fixed_call_order else prompt
     return replace(prompt, vision_cache=vision_features(model, prompt.pixel_values))
 
 
 def completion_logps(
-    model, prompt: PromptInputs, completions: list[torch.Tensor], *, temperature: float, pad_id: int
+    model,
+    prompt: PromptInputs,
+    completions: list[torch.Tensor],
+    *,
+    temperature: float,
+    pad_id: int,
+    chunk_size: int = CHUNK_SIZE,
+    fixed_call_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token_logps [K, T_max], mask [K, T_max]) of K completions [T_k] of `prompt`, the prompt and its images
-    encoded once (`shared_prompt_logps`); the cached vision output replaces the pixels when present."""
+    encoded once (`shared_prompt_logps`, chunk_size and fixed_call_order as there); the cached vision output
+    replaces the pixels when present."""
     return shared_prompt_logps(
         model,
         prompt.input_ids,
@@ -63,6 +73,8 @@ def completion_logps(
         vision_cache=prompt.vision_cache,
         temperature=temperature,
         pad_id=pad_id,
+        chunk_size=chunk_size,
+        fixed_call_order=fixed_call_order,
     )
 
 

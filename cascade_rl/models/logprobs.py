@@ -72,11 +72,15 @@ def pad_right(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-def _prompt_inputs(model, prompt_ids, pixel_values, vision_cache, device) -> dict:
-    """Keyword arguments of the prompt forward: ids [1, P], or embeddings with cached image features; pixels."""
+def _prompt_inputs(model, prompt_ids, pixel_values, vision_cache, device, fixed_call_order: bool) -> dict:
+    """Keyword arguments of the prompt forward: ids [1, P], or embeddings with cached image features; pixels.
+    fixed_call_order: embeddings computed by `embed_in_fixed_order` when no cache is given."""
     inputs = {"input_ids": prompt_ids[None].to(device)}
     if vision_cache is not None:
         inputs["inputs_embeds"] = embed_with_images(model, inputs.pop("input_ids"), vision_cache.to(device))
+    elif fixed_call_order:
+        pixels = pixel_values.to(device, model.dtype) if pixel_values is not None else None
+        inputs["inputs_embeds"] = embed_in_fixed_order(model, inputs.pop("input_ids"), pixels)
     elif pixel_values is not None:
         inputs["pixel_values"] = pixel_values.to(device, model.dtype)
     return inputs
@@ -92,6 +96,7 @@ def shared_prompt_logps(
     temperature: float = 1.0,
     pad_id: int = 0,
     chunk_size: int = CHUNK_SIZE,
+    fixed_call_order: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score K completions of one prompt, encoding the prompt once.
 
@@ -102,23 +107,31 @@ def shared_prompt_logps(
     zero where masked. Right padding needs no attention mask: a real token never attends to a later position.
     Works for InternVL and plain causal LMs (and peft wrappers): the completion pass calls `get_decoder()`, the
     text decoder, and `get_output_embeddings()`, the LM head.
+    fixed_call_order: the same module calls whatever the prompt and completions hold (ZeRO-3): the prompt's images
+    through `embed_in_fixed_order` (or the cache through the projector), and the completion pass even when every
+    completion is one token long; pair it with a chunk_size above any length, so the LM head runs once.
     """
     device = next(model.parameters()).device
     cache = DynamicCache()
-    inputs = _prompt_inputs(model, prompt_ids, pixel_values, vision_cache, device)
+    inputs = _prompt_inputs(model, prompt_ids, pixel_values, vision_cache, device, fixed_call_order)
     first_logits = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # [1, V]
     ids, mask = pad_right(completions, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     first = token_logps(first_logits.expand(len(completions), -1), ids[:, 0], temperature)[:, None]  # [K, 1]
-    if ids.shape[1] == 1:
+    if ids.shape[1] == 1 and not fixed_call_order:
         return first * mask, mask
     cache.batch_repeat_interleave(len(completions))
-    # The last token predicts nothing we score and no scored token attends to it: feed ids[:, :-1] only.
-    hidden = model.get_decoder()(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True).last_hidden_state
+    # The last token predicts nothing we score and no scored token attends to it: feed ids[:, :-1] only. In a fixed
+    # call order all of ids go through decoder and head (so both run even for one-token completions), and the last
+    # position's score, against a pad target, is dropped.
+    fed, targets = ids[:, :-1], ids[:, 1:]
+    if fixed_call_order:
+        fed, targets = ids, torch.cat([targets, torch.full_like(ids[:, :1], pad_id)], dim=1)
+    hidden = model.get_decoder()(input_ids=fed, past_key_values=cache, use_cache=True).last_hidden_state
     rest = chunked_head_logps(
-        model.get_output_embeddings(), hidden, ids[:, 1:], temperature=temperature, chunk_size=chunk_size
+        model.get_output_embeddings(), hidden, targets, temperature=temperature, chunk_size=chunk_size
     )
-    return torch.cat([first, rest], dim=1) * mask, mask
+    return torch.cat([first, rest[:, : ids.shape[1] - 1]], dim=1) * mask, mask
 
 
 def packed_layout(prompt_len: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:

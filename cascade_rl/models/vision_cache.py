@@ -25,9 +25,27 @@ def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def embed_with_images(model, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """Token embeddings [1, P, D] with the projected cached `features` scattered onto the image-token positions."""
+    """Token embeddings [1, P, D] with the projected cached `features` scattered onto the image-token positions.
+    For ids without image tokens, `features` are a blank tile's (`blank_features`), projected and added × 0: the
+    projector is called for every prompt, as a fixed call order (ZeRO-3) needs."""
     embeds = model.get_input_embeddings()(input_ids)
-    return scatter_image_features(model, input_ids, embeds, model.model.multi_modal_projector(features))
+    projected = model.model.multi_modal_projector(features)
+    if not bool((input_ids == model.config.image_token_id).any()):
+        return embeds + 0 * projected.sum()
+    return scatter_image_features(model, input_ids, embeds, projected)
+
+
+def blank_tile(model, *, dtype: torch.dtype, device) -> torch.Tensor:
+    """[1, 3, H, W] zeros at the vision tower's input size: what a row without images runs the tower on when every
+    row must make the same module calls."""
+    vision = model.config.vision_config
+    size = vision.image_size if isinstance(vision.image_size, (list, tuple)) else (vision.image_size,) * 2
+    return torch.zeros(1, 3, *size, dtype=dtype, device=device)
+
+
+def blank_features(model) -> torch.Tensor:
+    """`vision_features` of a blank tile: the stand-in cache of a prompt without images (see `embed_with_images`)."""
+    return vision_features(model, blank_tile(model, dtype=model.dtype, device="cpu"))
 
 
 def scatter_image_features(model, input_ids: torch.Tensor, embeds: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -48,9 +66,7 @@ def embed_in_fixed_order(model, input_ids: torch.Tensor, pixel_values: torch.Ten
     the same order, this keeps ranks in step whatever their rows hold; the decoder is then called on the result."""
     embeds = model.get_input_embeddings()(input_ids)
     if pixel_values is None:
-        vision = model.config.vision_config
-        size = vision.image_size if isinstance(vision.image_size, (list, tuple)) else (vision.image_size,) * 2
-        blank = torch.zeros(1, 3, *size, dtype=embeds.dtype, device=embeds.device)
+        blank = blank_tile(model, dtype=embeds.dtype, device=embeds.device)
         features = model.get_image_features(pixel_values=blank, return_dict=True).pooler_output
         return embeds + 0 * features.sum()
     features = model.get_image_features(pixel_values=pixel_values.to(embeds.dtype), return_dict=True).pooler_output

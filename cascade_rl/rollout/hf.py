@@ -15,6 +15,7 @@ import hashlib
 import torch
 
 from cascade_rl.models import collate_prompts, encode_request, tokenizer_of
+from cascade_rl.models.gathered import full_weights
 from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.sampler import decode
 
@@ -91,9 +92,15 @@ class HFEngine:
         return ids.tolist(), logps.tolist(), "length"
 
     def update_weights(self, model) -> None:
-        """Adopt new policy weights (a no-op when the engine already holds the trained model object)."""
-        if model is not self.model:
-            self.model.load_state_dict(model.state_dict())
+        """Adopt new policy weights (a no-op when the engine already holds the trained model object). The weights
+        come a bucket at a time (`full_weights`), so a policy partitioned by ZeRO-3 is never whole on one rank;
+        then every rank calls this."""
+        if model is self.model:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in full_weights(model):
+                params[name].copy_(tensor)
 
     def close(self) -> None:
         self.model = None

@@ -27,6 +27,7 @@ import os
 
 from cascade_rl.models import tiling_kwargs, tokenizer_of
 from cascade_rl.models.chat import render_prompt
+from cascade_rl.models.gathered import full_weights
 from cascade_rl.rollout.base import Rollout, RolloutRequest, SamplingParams
 from cascade_rl.rollout.hf import request_seed
 from cascade_rl.rollout.vllm_support import VLLMSettings, check_servable, require_vllm
@@ -123,8 +124,10 @@ class VLLMEngine:
 
     def update_weights(self, model) -> None:
         """Load the trainer's weights (Hugging Face names; vLLM maps them) into the in-process engine. A tied tensor
-        goes once, under its first name, as in a saved checkpoint (vLLM keeps no separate tied LM head)."""
-        self.load_weights(untied_state(model))
+        goes once, under its first name, as in a saved checkpoint (vLLM keeps no separate tied LM head). Under
+        ZeRO-3 the weights are gathered a bucket at a time as vLLM reads them (`full_weights`; every rank calls
+        this, each for its own engine)."""
+        self.load_weights(full_weights(model))
 
     def load_weights(self, named) -> None:
         """Load (Hugging Face name, tensor) pairs as they come, e.g. buckets arriving over a weight group."""
@@ -174,15 +177,6 @@ def per_rank_executor() -> dict:
     os.environ.setdefault("RANK", str(dist.get_rank()))
     os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
     return {"distributed_executor_backend": "external_launcher"}
-
-
-def untied_state(model):
-    """(name, tensor) of the model's state dict, each storage once (tied weights under their first name)."""
-    seen = set()
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            yield name, tensor.detach()
 
 
 def repack_embeddings(model) -> None:

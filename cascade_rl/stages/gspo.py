@@ -5,6 +5,8 @@ with the RewardRunner, compute group-normalised advantages, compute old log-prob
 `ppo_epochs` passes over mini-batches of `mini_batch_prompts` prompts, one optimizer step per mini-batch; finally
 push the weights to the engine. No reference model and no KL by default (InternVL3.5); the vision tower is frozen
 and run once per prompt. Departures from the released recipe are listed in docs/losses.md and the config below.
+Several processes (`accelerate launch`) split each step's prompts (train/ranks.py) and train under DDP or DeepSpeed
+ZeRO-2/3 (ZeRO-3 specifics: train/zero3.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,17 +33,29 @@ from cascade_rl.config import check_choices, dump_yaml
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.models import load_policy, save_policy, tokenizer_of
+from cascade_rl.models.logprobs import CHUNK_SIZE
 from cascade_rl.models.parts import freeze_parts
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, reward_runner, score_rollouts
 from cascade_rl.rollout import SamplingConfig, SamplingParams
 from cascade_rl.rollout.factory import EngineKind, check_server_settings, make_engine
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
-from cascade_rl.train.groups import Group, compute_old_logps, make_group
+from cascade_rl.train.groups import Group, cache_vision, compute_old_logps, make_group
 from cascade_rl.train.metrics import MetricsLog
 from cascade_rl.train.optim import OptimConfig
-from cascade_rl.train.ranks import GroupScorer, all_records, check_ranks, combine_ranks, rank_share
-from cascade_rl.train.setup import check_launch, end_run, make_accelerator, make_optimizer, start_trackers
-from cascade_rl.train.state import load_train_state, save_train_state
+from cascade_rl.train.ranks import PolicyCall, all_ranks, check_ranks, combine_ranks, deal_rows, rank_counts
+from cascade_rl.train.setup import (
+    check_launch,
+    configure_deepspeed,
+    end_run,
+    fill_deepspeed_buckets,
+    make_accelerator,
+    make_optimizer,
+    micro_step,
+    start_trackers,
+    zero_stage,
+)
+from cascade_rl.train.state import load_run_state, save_run_state, uses_deepspeed
+from cascade_rl.train.zero3 import WHOLE_SEQUENCE, check_zero3_gspo, gathered_state_dict, unpartitioned_policy
 
 # InternVL3.5's released online recipe (SPEC §3): lr 1e-6 constant, no warmup, AdamW weight decay 0.01, grad clip 1.0.
 GSPO_OPTIM = OptimConfig(lr=1e-6, lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.01, max_grad_norm=1.0)
@@ -132,16 +145,28 @@ class GSPOTrainer:
         self.out = Path(config.out_dir)
         self.accelerator = make_accelerator(config.optim, config.log_with, config.out_dir)
         check_launch(self.accelerator, config.deepspeed, "gspo.deepspeed")
+        configure_deepspeed(self.accelerator, config.optim, zero3=True)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.zero3 = zero_stage(self.accelerator) == 3
         check_ranks(config, self.world)
+        if self.zero3:
+            check_zero3_gspo(config)
         if engine is None and config.engine == "vllm":
             require_vllm()  # before any work
         torch.manual_seed(config.seed)
-        self.model, self.processor = load_policy(config.model_path)
+        self.model, self.processor = load_policy(config.model_path)  # partitioned as it loads under ZeRO-3
         freeze_parts(self.model, vision=config.freeze_vision)
         self.model.train()
-        self.scorer = self.accelerator.prepare(GroupScorer(self.model))  # DDP on several processes
         self.pad_id = tokenizer_of(self.processor).pad_token_id or 0
+        # Under DeepSpeed every rank makes the same module calls per group (train/zero3.py), the LM head in one call
+        # under ZeRO-3, where each call gathers parameters.
+        self.fixed_call_order = uses_deepspeed(self.accelerator)
+        self.scoring = dict(
+            temperature=config.sampling.temperature,
+            pad_id=self.pad_id,
+            chunk_size=WHOLE_SEQUENCE if self.zero3 else CHUNK_SIZE,
+            fixed_call_order=self.fixed_call_order,
+        )
         self.rows, _ = read_prompts(config.prompts, config.image_root, on_error="raise")
         self.order = self._prompt_order()
         per_step = config.prompts_per_step * config.ppo_epochs // config.mini_batch_prompts
@@ -149,6 +174,9 @@ class GSPOTrainer:
         self.total = min(self.total, config.optim.max_steps) if config.optim.max_steps else self.total
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(config.optim, self.params, self.total * per_step)
+        fill_deepspeed_buckets(self.accelerator, self.model)
+        # DDP or the DeepSpeed engine around the policy; every model call goes through it
+        self.scorer, self.optimizer = self.accelerator.prepare(PolicyCall(self.model), self.optimizer)
         self.owns_engine, self.engine = engine is None, engine or self._make_engine()
         self.runner = reward_runner(
             config.rewards, timeout_s=config.reward_timeout_s, memory_mb=config.reward_memory_mb
@@ -171,12 +199,14 @@ class GSPOTrainer:
         return order
 
     def _make_engine(self):
-        """The configured engine; the HF engine samples from the trainer's own model object."""
+        """The configured engine; the HF engine samples from the trainer's own model object, or under ZeRO-3, where
+        that object holds one partition, from a whole copy of its own."""
         c = self.config
+        hf_zero3 = self.zero3 and c.engine == "hf"
         return make_engine(
             c.engine,
             c.model_path,
-            model=self.model,
+            model=unpartitioned_policy(self.accelerator, c.model_path) if hf_zero3 else self.model,
             processor=self.processor,
             max_tiles=c.max_tiles,
             batch_size=c.engine_batch_size,
@@ -195,33 +225,38 @@ class GSPOTrainer:
         return self.config.sampling.params(seed=self.config.seed * 1_000_003 + step)
 
     def collect(self, step: int, cursor: int) -> tuple[list[Group], dict, int]:
-        """Rollouts for `prompts_per_step` prompts from `cursor` (refilling dropped zero-variance groups from the
-        following prompts when `drop_zero_variance`, at most 3 rounds); returns (groups, metrics, new cursor)."""
+        """Rollouts for `prompts_per_step` prompts from `cursor`, split over the ranks; with `drop_zero_variance`,
+        dropped zero-variance groups are refilled from the following prompts, dealt to the ranks still short (at
+        most 3 rounds), and every rank keeps as many groups as the fewest any rank holds. Returns (this rank's
+        groups, metrics, new cursor)."""
         c, groups, stats = self.config, [], {"zero_variance_groups": 0, "rollout_tokens": 0, "rollout_s": 0.0}
-        results, records_all = [], []
+        results, records_all, per_rank = [], [], c.prompts_per_step // self.world
         for _ in range(3 if c.drop_zero_variance else 1):
-            need = c.prompts_per_step - len(groups)
-            step_rows = [self.rows[i] for i in self.order[cursor : cursor + need]]
+            wanted = [per_rank - n for n in rank_counts(self.accelerator, len(groups))]
+            step_rows = [self.rows[i] for i in self.order[cursor : cursor + sum(wanted)]]
             if not step_rows:
                 break
             cursor += len(step_rows)
-            rows = rank_share(step_rows, self.rank, self.world)
-            new_groups, records, result, seconds = self._sample_groups(rows, step)
+            new_groups, records, result, seconds = self._sample_groups(deal_rows(step_rows, wanted, self.rank), step)
             stats["rollout_s"] += seconds
-            results.append(result)
+            results += [result] if result is not None else []
             records_all += records
             stats["zero_variance_groups"] += sum(g.zero_variance for g in new_groups)
             groups += [g for g in new_groups if not (c.drop_zero_variance and g.zero_variance)]
-            if len(groups) >= c.prompts_per_step:
-                break
-        self.ledger.update_from_records(all_records(self.accelerator, records_all))
-        stats.update(_rollout_metrics(records_all, results))
+        groups = groups[: min(rank_counts(self.accelerator, len(groups)))]
+        stats["kept_groups"] = len(groups)
+        # Over every rank's rollouts (ranks may have sampled different numbers of prompts): the same on every rank
+        everyone = all_ranks(self.accelerator, records_all)
+        self.ledger.update_from_records(everyone)
+        stats.update(_rollout_metrics(everyone, all_ranks(self.accelerator, results)))
         stats["rollout_tokens_per_s"] = stats["rollout_tokens"] = sum(r.num_tokens for r in records_all)
         stats["rollout_tokens_per_s"] /= max(stats["rollout_s"], 1e-9)
         return groups, stats, cursor
 
     def _sample_groups(self, rows, step: int):
         c = self.config
+        if not rows:  # a rank that needs no refill this round
+            return [], [], None, 0.0
         requests = [row_to_request(row, c.image_root, system_prompt=c.system_prompt) for row in rows]
         started = time.time()
         if hasattr(self.engine, "step"):
@@ -233,17 +268,7 @@ class GSPOTrainer:
         for i, request in enumerate(requests):
             part = slice(i * c.sampling.n, (i + 1) * c.sampling.n)
             rewards = [r.reward for r in records[part]]
-            groups.append(
-                make_group(
-                    self.model,
-                    self.processor,
-                    request,
-                    rollouts[part],
-                    rewards,
-                    max_tiles=c.max_tiles,
-                    frozen_vision=c.freeze_vision,
-                )
-            )
+            groups.append(make_group(self.processor, request, rollouts[part], rewards, max_tiles=c.max_tiles))
         rewards = torch.cat([g.rewards for g in groups])
         advantages = self.advantage(rewards, c.sampling.n, **self.advantage_options)
         advantages = advantages.reshape(len(groups), c.sampling.n)
@@ -274,19 +299,19 @@ class GSPOTrainer:
         n_seq = sum(g.size for g in batch)
         sums = {}
         for k, group in enumerate(batch):
-            last = k == len(batch) - 1  # DDP averages the gradients over the ranks once, after the last group
-            sync = nullcontext() if last else self.accelerator.no_sync(self.scorer)
-            with sync:
-                logps, mask = self.scorer(group, c.sampling.temperature, self.pad_id)
-                self._group_backward(group, logps, mask, n_seq, sums)
-        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, c.optim.max_grad_norm))
+            # gradients are averaged over the ranks once, after the last group (DeepSpeed steps there too)
+            with micro_step(self.accelerator, self.scorer, last=k == len(batch) - 1) as backward:
+                logps, mask = group.logps(self.scorer, **self.scoring)
+                self._group_backward(group, logps, mask, n_seq, sums, backward)
+        norm = self.accelerator.clip_grad_norm_(self.params, c.optim.max_grad_norm)  # DeepSpeed's: clipped in step
+        sums["grad_norm"] = float(norm) if norm is not None else float("nan")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         sums["lr"] = self.scheduler.get_last_lr()[0]
         return sums
 
-    def _group_backward(self, group: Group, logps, mask, n_seq: int, sums: dict) -> None:
+    def _group_backward(self, group: Group, logps, mask, n_seq: int, sums: dict, backward) -> None:
         """Backward of one group's share of the mini-batch loss (its sequences / all of them); metrics into sums."""
         c = self.config
         advantages = group.advantages * self._is_weights(group)
@@ -303,7 +328,7 @@ class GSPOTrainer:
             kl = self._kl(group, logps, mask)
             loss = loss + c.kl_coef * kl
             metrics = {**metrics, "kl": kl.detach()}
-        (loss * group.size / n_seq).backward()
+        backward(loss * group.size / n_seq)
         for key, value in {"loss": loss.detach(), **metrics}.items():
             sums[key] = sums.get(key, 0.0) + float(value.float().mean()) * group.size / n_seq
 
@@ -321,7 +346,7 @@ class GSPOTrainer:
     def _kl(self, group: Group, logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`k3_kl` of the policy against the frozen reference on this group's completions."""
         with torch.no_grad():
-            ref, _ = group.logps(self.reference, temperature=self.config.sampling.temperature, pad_id=self.pad_id)
+            ref, _ = group.logps(PolicyCall(self.reference), **self.scoring)
         return k3_kl(logps, ref, mask)
 
     def run(self) -> dict:
@@ -335,11 +360,12 @@ class GSPOTrainer:
         start_trackers(acc, "cascade_rl_gspo", self.out, {"lr": c.optim.lr, "rollout_n": c.sampling.n})
         for step in tqdm(range(start, self.total), desc="gspo", unit="step", disable=not acc.is_main_process):
             groups, metrics, cursor = self.collect(step, cursor)
-            if not groups:
+            if not groups:  # every rank agrees: they keep the same number of groups
                 break
+            if c.freeze_vision:
+                cache_vision(self.scorer, groups, fixed_call_order=self.fixed_call_order)
             with acc.autocast():  # the precision of the training forwards, so the first ratios are 1
-                temperature = c.sampling.temperature
-                metrics.update(compute_old_logps(self.model, groups, temperature=temperature, pad_id=self.pad_id))
+                metrics.update(compute_old_logps(self.scorer, groups, **self.scoring))
             metrics.update(self.update(groups, step))
             self.engine.update_weights(self.model)
             log.log(step + 1, combine_ranks(acc, metrics))
@@ -349,8 +375,9 @@ class GSPOTrainer:
                 self._save_state(step + 1, cursor)
         self.runner.close()
         summary = {"steps": self.total, "final": str(self.out / "final"), "ledger_prompts": len(self.ledger)}
+        state = gathered_state_dict(acc, self.scorer) if self.zero3 else None  # every rank takes part
         if acc.is_main_process:
-            save_policy(self.model, self.processor, self.out / "final")
+            save_policy(self.model, self.processor, self.out / "final", state_dict=state)
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         acc.wait_for_everyone()
         if self.owns_engine:  # after the last barrier: a vLLM engine's shutdown tears down the process groups it
@@ -359,20 +386,20 @@ class GSPOTrainer:
         return summary
 
     def _save_state(self, step: int, cursor: int) -> None:
-        if self.accelerator.is_main_process:
-            save_train_state(
-                self.out / "state",
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                step=step,
-                extra={"cursor": cursor},
-            )
-        self.accelerator.wait_for_everyone()
+        """Every rank: the run state (under DeepSpeed each rank's engine partition too, train/state.py)."""
+        save_run_state(
+            self.out / "state",
+            self.accelerator,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=step,
+            extra={"cursor": cursor},
+        )
 
     def _resume(self) -> tuple[int, int]:
-        state = load_train_state(
-            self.out / "state", model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        state = load_run_state(
+            self.out / "state", self.accelerator, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
         )
         if state is None:
             return 0, 0

@@ -3,7 +3,8 @@
 A `Group` holds everything the update needs for one prompt, so every mini-batch epoch reuses the prompt's model
 inputs (models/inputs.py: ids, pixels, the frozen vision tower's output) and the old log-probs computed once per
 rollout batch. The prompt is encoded once per step: by HFEngine, whose rollouts bring it along, or here when the
-engine encoded it elsewhere (vLLM tiles inside vLLM; a rollout server on its own machine).
+engine encoded it elsewhere (vLLM tiles inside vLLM; a rollout server on its own machine). Every model call goes
+through a `PolicyCall` (train/ranks.py), the module DDP or DeepSpeed wraps.
 """
 
 from __future__ import annotations
@@ -39,21 +40,18 @@ class Group:
     def zero_variance(self) -> bool:
         return bool(torch.all(self.rewards == self.rewards[0]))
 
-    def logps(self, model, *, temperature: float, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[G, T_max] token log-probs of the completions under `model` (prompt and vision encoded once)."""
-        return completion_logps(model, self.prompt, self.completions, temperature=temperature, pad_id=pad_id)
+    def logps(self, policy, **scoring) -> tuple[torch.Tensor, torch.Tensor]:
+        """[G, T_max] token log-probs and mask of the completions under `policy` (a `PolicyCall`, prepared or not),
+        the prompt and vision encoded once; scoring: `completion_logps`'s options (temperature, pad_id, ...)."""
+        return policy(completion_logps, self.prompt, self.completions, **scoring)
 
 
-def make_group(
-    model, processor, request, rollouts: list[Rollout], rewards: list[float], *, max_tiles: int, frozen_vision: bool
-) -> Group:
+def make_group(processor, request, rollouts: list[Rollout], rewards: list[float], *, max_tiles: int) -> Group:
     """One request's group: its prompt's model inputs as the engine's rollouts bring them (HFEngine), or encoded
-    here when they come without (vLLM, a server); with a frozen vision tower, the tower runs once and is kept."""
+    here when they come without (vLLM, a server)."""
     prompt = rollouts[0].prompt_inputs
     if prompt is None:
         prompt = encode_request(processor, request, max_tiles=max_tiles)
-    if frozen_vision:
-        prompt = with_vision_cache(model, prompt)
     return Group(
         prompt_id=request.prompt_id,
         prompt=prompt,
@@ -71,12 +69,21 @@ def _nonempty(rollout: Rollout) -> Rollout:
 
 
 @torch.no_grad()
-def compute_old_logps(model, groups: list[Group], *, temperature: float, pad_id: int) -> dict[str, float]:
-    """Fill each group's old_logps/mask with the trainer's log-probs before any update; returns the mean absolute
-    gap between the engine's and the trainer's per-token log-probs (the mismatch metric)."""
+def cache_vision(policy, groups: list[Group], *, fixed_call_order: bool = False) -> None:
+    """For a frozen vision tower: run it once per group's prompt through `policy` and keep its output
+    (`with_vision_cache`; fixed_call_order as there), for the old log-probs and every update epoch."""
+    for group in groups:
+        group.prompt = policy(with_vision_cache, group.prompt, fixed_call_order=fixed_call_order)
+
+
+@torch.no_grad()
+def compute_old_logps(policy, groups: list[Group], **scoring) -> dict[str, float]:
+    """Fill each group's old_logps/mask with the trainer's log-probs (`Group.logps` through `policy`) before any
+    update; returns the mean absolute gap between the engine's and the trainer's per-token log-probs (the mismatch
+    metric)."""
     gap, tokens = 0.0, 0
     for group in groups:
-        group.old_logps, group.mask = group.logps(model, temperature=temperature, pad_id=pad_id)
+        group.old_logps, group.mask = group.logps(policy, **scoring)
         for k, engine in enumerate(group.engine_logps):
             trainer = group.old_logps[k, : len(engine)].cpu()
             gap += float((trainer - engine).abs().sum())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -194,6 +195,23 @@ def fill_deepspeed_buckets(accelerator: Accelerator, model) -> None:
     ):
         if zero.get(key) == "auto":
             zero[key] = value
+
+
+@contextmanager
+def micro_step(accelerator: Accelerator, model, *, last: bool):
+    """One forward + backward of an optimizer step whose micro-steps the caller counts (GSPO: the groups of a
+    mini-batch, as many as it holds). Yields `backward(loss)`. Without DeepSpeed, DDP synchronises the gradients on
+    the `last` micro-step only (`no_sync` before); the caller then clips and steps. Under DeepSpeed the prepared
+    engine accumulates, and on the `last` (its boundary, set by hand) reduces, clips and steps the optimizer itself;
+    the loss is not divided (the DeepSpeed config keeps gradient_accumulation_steps at 1)."""
+    if getattr(accelerator.state, "deepspeed_plugin", None) is None:
+        with nullcontext() if last else accelerator.no_sync(model):
+            yield lambda loss: loss.backward()
+        return
+    model.set_gradient_accumulation_boundary(last)
+    yield model.backward
+    if last:
+        model.step()
 
 
 def end_run(accelerator: Accelerator) -> None:

@@ -1,18 +1,57 @@
-"""What MPO does differently under DeepSpeed ZeRO-3, where each rank holds a partition of every parameter.
+"""What the trainers do differently under DeepSpeed ZeRO-3, where each rank holds a partition of every parameter.
 
 ZeRO-3 gathers a module's parameters collectively each time the module is called, and checks that every rank calls
-the same modules in the same order. So MPO scores every pair with the same calls: embeddings, vision tower (on a
-blank tile, output added × 0, for a pair without images: `embed_in_fixed_order`), projector, decoder, and one
-LM-head call (not chunked: `WHOLE_SEQUENCE`). transformers loads the policy already partitioned, so nothing may
-run it outside the DeepSpeed engine: the reference pass runs through the prepared engine (as it does under every
-setup, train/reference.py), and the final checkpoint is gathered from the partitions.
+the same modules in the same order. So every scoring call makes the same module calls whatever its row holds
+(`fixed_call_order`): embeddings, vision tower (on a blank tile, output added × 0, for a row without images:
+`embed_in_fixed_order`) or its cached output, projector, decoder, and one LM-head call (not chunked:
+`WHOLE_SEQUENCE`). transformers loads the policy already partitioned, so nothing may run it outside the DeepSpeed
+engine, and the final checkpoint is gathered from the partitions (`gathered_state_dict`).
+- MPO: the reference pass runs through the prepared engine (as under every setup, train/reference.py), each rank
+  scoring every world-th pair.
+- GSPO: the frozen-vision cache, the old log-probs and the updates run through the engine, every rank over the same
+  number of groups; an HF engine samples from its own whole copy (`unpartitioned_policy`), into which the trained
+  weights are gathered a bucket at a time (models/gathered.py), as they are for a colocated vLLM engine.
 """
 
 from __future__ import annotations
 
 import torch
 
+from cascade_rl.models import load_policy
+
 WHOLE_SEQUENCE = 1 << 30  # chunk size: the LM head runs once per pair
+
+
+def check_zero3_gspo(config) -> None:
+    """Refuse, naming the way out, what GSPO cannot do under ZeRO-3."""
+    if config.kl_coef > 0:
+        raise ValueError(
+            "kl_coef > 0 under ZeRO-3 is not supported: the KL reference would be a whole model on every rank; set "
+            "kl_coef=0 (InternVL3.5's online recipe) or train under ZeRO-2 (recipes/deepspeed/accelerate_zero2.yaml)"
+        )
+    if config.engine in ("server", "hf-server"):
+        raise ValueError(
+            f"engine={config.engine} under ZeRO-3 is not supported: a rollout server takes the weights whole from one "
+            "trainer process; use engine=hf or vllm (one engine per rank, weights gathered bucket by bucket), or "
+            "train under ZeRO-2 (recipes/deepspeed/accelerate_zero2.yaml) on one process"
+        )
+
+
+def unpartitioned_policy(accelerator, path) -> torch.nn.Module:
+    """A whole copy of the policy at `path` on this rank, loaded outside ZeRO-3's partitioning (in the training
+    precision, on this rank's device, eval mode, no gradients): what an HF engine samples from under ZeRO-3.
+    transformers partitions what it loads while accelerate's DeepSpeed config is registered with it; the
+    registration is lifted for this load (accelerate's `zero3_init_context_manager(enable=False)` re-registers the
+    same config, so it does not help)."""
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    unset_hf_deepspeed_config()
+    try:
+        model, _ = load_policy(path, dtype=dtype, device=str(accelerator.device))
+    finally:
+        set_hf_deepspeed_config(accelerator.state.deepspeed_plugin.dschf)
+    return model.eval().requires_grad_(False)
 
 
 def check_zero3_run(config) -> None:

@@ -95,12 +95,18 @@ def mark_done() -> None:
     done_marker(os.getpid()).touch()
 
 
-def gspo_rank_main(rank: int, world: int, port: int, config) -> None:
+def gspo_rank_main(
+    rank: int, world: int, port: int, config, env: dict | None = None, crash_after_step: int = 0
+) -> None:
+    """A GSPO rank; env and crash_after_step as in `mpo_rank_main`."""
     from cascade_rl.stages.gspo import run_gspo
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
     )
+    os.environ.update(env or {})
     torch.set_num_threads(1)
+    if crash_after_step:
+        crash_after(crash_after_step)
     run_gspo(config)
     mark_done()

@@ -12,7 +12,7 @@ from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.models import load_policy
 from cascade_rl.stages.gspo import run_gspo
 from cascade_rl.train.metrics import read_metrics
-from cascade_rl.train.ranks import check_ranks
+from cascade_rl.train.ranks import check_ranks, deal_rows
 
 
 def free_port() -> int:
@@ -53,6 +53,19 @@ def test_settings_that_would_unbalance_the_ranks_are_refused(tiny_checkpoint, tm
     cfg = config(tiny_checkpoint, tmp_path, prompts_per_step=6, mini_batch_prompts=3, drop_zero_variance=False)
     with pytest.raises(ValueError, match="mini_batch_prompts=3 must be a multiple of the 2 processes"):
         check_ranks(cfg, 2)
-    with pytest.raises(ValueError, match="set drop_zero_variance=false"):
-        check_ranks(config(tiny_checkpoint, tmp_path, drop_zero_variance=True), 2)
+    with pytest.raises(ValueError, match="takes weights from one trainer process; use engine=hf or vllm per rank"):
+        check_ranks(config(tiny_checkpoint, tmp_path, engine="hf-server"), 2)
+    check_ranks(config(tiny_checkpoint, tmp_path, drop_zero_variance=True), 2)  # refills are dealt to balance
     check_ranks(cfg, 1)  # one process: anything goes
+
+
+def test_refills_go_to_the_ranks_still_short():
+    rows = list("abcdefg")
+    # Equal wants: every world-th row, as without refills.
+    assert [deal_rows(rows, [2, 2], r) for r in (0, 1)] == [["a", "c"], ["b", "d"]]
+    # Rank 0 has its groups: rank 1 takes the rows it wants, nobody the rest.
+    assert [deal_rows(rows, [0, 2], r) for r in (0, 1)] == [[], ["a", "b"]]
+    # Rank 0 wants 1, rank 2 wants 3: a → 0, b → 2 (rank 1 wants none), then only rank 2 is short.
+    assert [deal_rows(rows, [1, 0, 3], r) for r in (0, 1, 2)] == [["a"], [], ["b", "c", "d"]]
+    # Fewer rows than wanted (the end of the data): dealt as far as they go.
+    assert [deal_rows(rows[:3], [2, 2], r) for r in (0, 1)] == [["a", "c"], ["b"]]

@@ -2,6 +2,8 @@
 (vLLM reads the checkpoint itself) and GSPO steps whose rollouts come from a colocated engine that takes the
 trainer's weights after every optimizer step."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from stages.conftest import gspo_config, write_prompts
@@ -73,11 +75,18 @@ def test_gspo_steps_with_a_colocated_vllm_engine(hd32_checkpoint, tmp_path, monk
     torch.testing.assert_close(engine_norm, trained_norm, atol=0, rtol=0)
 
 
-def test_gspo_on_two_ranks_with_an_engine_each_matches_one_process(hd32_checkpoint, tmp_path):
+@pytest.mark.parametrize("zero3", [False, True], ids=["ddp", "zero3"])
+def test_gspo_on_two_ranks_with_an_engine_each_matches_one_process(hd32_checkpoint, tmp_path, zero3):
     """Two gloo ranks, each with its own colocated vLLM engine (external_launcher executor), sample their half of a
-    step's prompts; seeds are per prompt, so the run equals one process with one engine over the same prompts."""
-    from stages.ddp_worker import gspo_rank_main, launch
+    step's prompts; seeds are per prompt, so the run equals one process with one engine over the same prompts. Under
+    DeepSpeed ZeRO-3 each engine takes the weights gathered from the partitions, bucket by bucket."""
+    from stages.ddp_worker import deepspeed_env, gspo_rank_main, launch
     from stages.test_gspo_ddp import free_port
+
+    if zero3:
+        pytest.importorskip("deepspeed")
+    zero3_config = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / "zero3.json"
+    env = deepspeed_env(zero3_config) if zero3 else None
 
     settings = dict(
         engine="vllm", vllm=VLLMSettings(**VLLM), optim={"max_steps": 2}, prompts_per_step=4, mini_batch_prompts=4
@@ -85,7 +94,7 @@ def test_gspo_on_two_ranks_with_an_engine_each_matches_one_process(hd32_checkpoi
     one = gspo_config(hd32_checkpoint, tmp_path / "one", **settings)
     two = gspo_config(hd32_checkpoint, tmp_path / "two", **settings)
     GSPOTrainer(one).run()
-    launch(gspo_rank_main, (2, free_port(), two), timeout_s=600)
+    launch(gspo_rank_main, (2, free_port(), two, env), timeout_s=600)
     rows_one = read_metrics(tmp_path / "one/run/metrics.jsonl")
     rows_two = read_metrics(tmp_path / "two/run/metrics.jsonl")
     assert len(rows_one) == len(rows_two) == 2
