@@ -51,7 +51,9 @@ def gspo_rollouts(config: CascadeConfig) -> int:
 def run_seed(paths: dict, sft: str, runs_dir: Path, seed: int) -> dict:
     """One seed: the cascade (with MPO alone inside it), then GSPO alone on the same number of rollouts."""
     from_sft = {**paths, "model_path": sft}
-    cascade = cascade_config(from_sft, runs_dir, f"cascade-{seed}", seed, ["rollout", "pairs", "mpo", "filter", "gspo", "eval"])
+    cascade = cascade_config(
+        from_sft, runs_dir, f"cascade-{seed}", seed, ["rollout", "pairs", "mpo", "filter", "gspo", "eval"]
+    )
     accuracy = run_cascade(cascade)["eval"]["accuracy"]
     offline = json.loads((stage_dir(cascade, "rollout") / "rollout_summary.json").read_text())["rollouts"]
     budget = offline + gspo_rollouts(cascade)
@@ -59,7 +61,13 @@ def run_seed(paths: dict, sft: str, runs_dir: Path, seed: int) -> dict:
     steps = math.ceil(budget / per_step)
     epochs = math.ceil(steps * cascade.gspo["prompts_per_step"] / _rows(paths["data.train"]))
     alone = cascade_config(
-        from_sft, runs_dir, f"gspo-{seed}", seed, ["gspo", "eval"], f"gspo.optim.max_steps={steps}", f"gspo.optim.epochs={epochs}"
+        from_sft,
+        runs_dir,
+        f"gspo-{seed}",
+        seed,
+        ["gspo", "eval"],
+        f"gspo.optim.max_steps={steps}",
+        f"gspo.optim.epochs={epochs}",
     )
     alone_accuracy = run_cascade(alone)["eval"]["accuracy"]
     return {
@@ -101,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_seed(paths, sft, runs_dir, seed))
         print(json.dumps(results[-1]), flush=True)
     print(table(results))
-    summary = {arm: round(statistics.mean(r[arm] for r in results), 4) for arm in ("cascade", "gspo_only", "mpo_only", "sft")}
+    summary = {
+        arm: round(statistics.mean(r[arm] for r in results), 4) for arm in ("cascade", "gspo_only", "mpo_only", "sft")
+    }
     summary.update(seeds=len(results), budget=round(statistics.mean(r["budget"]["cascade"] for r in results)))
     print(json.dumps(summary))
     return 0

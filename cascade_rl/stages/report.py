@@ -19,7 +19,7 @@ from cascade_rl.stages.cascade import CascadeConfig, stage_dir
 from cascade_rl.train.metrics import read_metrics
 
 Z95 = 1.959964  # the standard normal's 97.5% quantile
-SMOOTHING = 5  # points in the reward curve's moving average
+SMOOTHING = 9  # points in the reward curve's moving average (8 prompts a step: one step is noisy)
 
 
 def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:

@@ -67,8 +67,10 @@ def test_the_report_shows_intervals_the_smoothed_reward_and_both_histograms(tmp_
     # = 0.077727 → [0.711, 0.867].
     assert "| gspo | 0.800 | [0.711, 0.867] | 100 | 0.800 |" in text
     assert "| sft | 0.500 | [0.404, 0.596] | 100 | 0.500 |" in text
-    # Moving average over 5 steps: at step 5 mean(0.4, 0.5, 0.45, 0.5, 0.5) = 0.47; at step 10 mean(0.6 … 0.8) = 0.69.
-    assert reward_trend(config) == pytest.approx({"start": 0.47, "end": 0.69})
-    assert "0.470 at step 5, 0.690 at the last step" in text
+    # Moving average over SMOOTHING = 9 steps: at step 9 mean(0.4 … 0.7) = 5.0 / 9 = 0.5556; at step 10
+    # mean(0.5 … 0.8) = (5.0 − 0.4 + 0.8) / 9 = 0.6. Over 5 steps: 0.47 at step 5, mean(0.6 … 0.8) = 0.69 at step 10.
+    assert reward_trend(config) == pytest.approx({"start": 5.0 / 9, "end": 0.6})
+    assert reward_trend(config, window=5) == pytest.approx({"start": 0.47, "end": 0.69})
+    assert "0.556 at step 9, 0.600 at the last step" in text
     for png in ("reward_curve.png", "mpo_losses.png", "pass_rates.png"):
         assert (tmp_path / "out" / png).stat().st_size > 0 and f"![{png}]({png})" in text
