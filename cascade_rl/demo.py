@@ -26,13 +26,21 @@ from cascade_rl.stages.report import accuracy_intervals, accuracy_table, reward_
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "cascade.yaml"
 SPLITS = {"sft": (1200, 1), "train": (384, 2), "heldout": (480, 3)}  # rows, seed offset
-# A 2 × 2 grid of 32-px cells, red and blue squares, 0–2 of the counted colour and 0–2 of the other. The SFT rows
-# come from a sloppy teacher: half of its answers count every square, whatever its colour (wrong whenever squares of
-# the other colour are present, 2/3 of the scenes). Imitating it, the tiny InternVL learns to count squares but not
-# which colour to count; the verifiable reward (the true count) is what teaches that. Locate rows (IoU reward) work
-# through the same recipe (`kinds`), but on this budget the RL stages did not raise their accuracy, so the demo counts.
-TASK = {"grid": 2, "colours": ("red", "blue"), "max_count": 2, "max_distractors": 2, "kinds": ("count",)}
-TEACHER_ERROR = 0.5
+# A 2 × 2 grid of 32-px cells: 0–2 red squares (the ones asked about) and 0–2 blue ones. The SFT rows come from a
+# sloppy teacher: 70% of its answers count every square, whatever its colour (wrong whenever a blue square is
+# present, 2/3 of the scenes). Imitating it, the tiny InternVL learns to see both counts and to prefer the wrong one
+# (greedy answers the total); its samples still give the right count often enough for the verifiable reward (the true
+# count) to teach it. Locate rows (IoU reward) work through the same recipe (`kinds`), but on this budget the RL
+# stages did not raise their accuracy, so the demo counts.
+TASK = {
+    "grid": 2,
+    "colours": ("red", "blue"),
+    "asked_colours": ("red",),
+    "max_count": 2,
+    "max_distractors": 2,
+    "kinds": ("count",),
+}
+TEACHER_ERROR = 0.7
 PASS_RATE_PROMPTS, PASS_RATE_SAMPLES = 128, 8  # held-out prompts × samples at T = 1 for the pass-rate histogram
 
 

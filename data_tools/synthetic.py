@@ -21,7 +21,8 @@ Background: "white", or "grid" — each cell tinted by its row and column (a pal
 cell's position into its pixels (an aid for vision towers that do not encode position well; off by default).
 
 The box is the tight box of the target's painted pixels (x2, y2 exclusive), normalised as round(v / size · 1000)
-(SPEC §6). Difficulty knobs: max_count, colours, shapes, max_distractors, jitter (position noise inside a cell).
+(SPEC §6). Difficulty knobs: max_count, colours, shapes, max_distractors, jitter (position noise inside a cell),
+asked_colours (the colours count questions ask about; the others appear only as distractors).
 Everything is a function of (seed, row index): row i is the same whatever n is, on every machine.
 """
 
@@ -70,9 +71,12 @@ class ShapesTask:
     max_count: int = 2
     max_distractors: int = 2
     background: Literal["white", "grid"] = "white"
+    asked_colours: tuple[str, ...] = ()  # the colours count questions ask about (empty: any of `colours`)
 
     def __post_init__(self):
         check_choices(self)
+        if not set(self.asked_colours) <= set(self.colours):
+            raise ValueError(f"asked_colours {list(self.asked_colours)} must be among colours {list(self.colours)}")
         unknown = [c for c in self.colours if c not in PALETTE] + [s for s in self.shapes if s not in SHAPES]
         if unknown:
             raise ValueError(f"unknown colours/shapes {unknown}; choose from {sorted(PALETTE)} and {list(SHAPES)}")
@@ -179,7 +183,8 @@ def distractors(task: ShapesTask, target: tuple[str, str], rng: random.Random) -
 
 
 def count_example(task: ShapesTask, rng: random.Random) -> Example:
-    target = rng.choice(task.kinds)
+    asked = [k for k in task.kinds if k[0] in task.asked_colours] if task.asked_colours else task.kinds
+    target = rng.choice(asked)
     n = rng.randint(0, task.max_count)
     kinds = [target] * n + distractors(task, target, rng)
     objects = place_objects(task, kinds, rng)

@@ -186,3 +186,14 @@ def test_the_teacher_errs_on_about_the_asked_share_of_rows(tmp_path):
 def test_a_teacher_error_outside_0_1_is_refused(tmp_path):
     with pytest.raises(ValueError, match="teacher_error is a probability"):
         write_synthetic_dataset(tmp_path, 2, seed=0, teacher_error=1.5)
+
+
+def test_asked_colours_limit_the_questions_not_the_scene():
+    task = ShapesTask(asked_colours=("red",))
+    examples = [make_example(task, "count", seed=2, index=i) for i in range(60)]
+    assert {e.question for e in examples} == {"How many red squares are there?"}
+    assert any(o.colour == "blue" for e in examples for o in e.objects)  # blue squares still appear, as distractors
+    for e in examples:
+        assert e.answer == str(sum(o.colour == "red" for o in e.objects))
+    with pytest.raises(ValueError, match="asked_colours"):
+        ShapesTask(asked_colours=("green",))
