@@ -2,7 +2,7 @@
 each stage's inputs come from the outputs before it (planned, or recorded in the manifest), what the manifest
 hashes, skipping and refusing on rerun (stages faked: no model runs). Slow: the demo cascade end to end through the
 CLI: it completes, the manifest is complete, a rerun skips every stage, and on a fixed seed each RL stage raises
-held-out accuracy, by 10 points in all, while the online reward's moving average rises."""
+held-out accuracy, by 30 points in all, while the online reward's moving average rises."""
 
 import dataclasses
 import json
@@ -164,7 +164,7 @@ def test_a_rerun_skips_finished_stages_and_refuses_a_changed_one_before_running(
     assert fake_stages == ["rollout", "pairs", "mpo"]  # nothing ran, the filter neither
 
 
-SMALLER: list[str] = []  # the demo recipe as it is: about 450 s of CPU time on seed 0 (2 threads)
+SMALLER: list[str] = []  # the demo recipe as it is: about 80 s of CPU time on seed 0 (2 threads)
 
 
 @pytest.mark.slow
@@ -182,9 +182,12 @@ def test_cascade_runs_records_its_lineage_skips_on_rerun_and_rl_helps(tmp_path, 
     summary = json.loads((run / "06_eval" / "summary.json").read_text())
     accuracy = summary["accuracy"]
     assert set(accuracy) == {"sft", "mpo", "gspo"}
-    # 480 held-out prompts: a binomial std of at most 0.023 per accuracy. Seed 0 measured 0.471 → 0.542 → 0.583
+    # 480 held-out prompts: a binomial std of at most 0.023 per accuracy. Seed 0 measured 0.350 → 0.463 → 0.813
     # (recipes/demo/cascade.yaml); the margins below leave room for last-digit differences between machines.
-    assert accuracy["sft"] + 0.03 < accuracy["mpo"] < accuracy["gspo"] and accuracy["gspo"] - accuracy["sft"] >= 0.1
+    assert (
+        accuracy["sft"] + 0.05 < accuracy["mpo"] < accuracy["gspo"] - 0.15
+        and accuracy["gspo"] - accuracy["sft"] >= 0.3
+    )
     config = load_config(CascadeConfig, RECIPE, args[2:])
     trend = reward_trend(config)
     assert trend["end"] > trend["start"], trend
