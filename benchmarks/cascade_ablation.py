@@ -15,8 +15,8 @@ about twice the GPU hours. Here:
 
 Prints one row per seed, the table (mean ± std over seeds, std with ddof 1), and last a JSON line
 {"cascade", "gspo_only", "mpo_only", "sft", "seeds", "budget"} (means; budget: rollouts per arm, mean over seeds).
-Run: `.venv/bin/python benchmarks/cascade_ablation.py [--runs-dir runs/ablation]` (CPU, offline; about 30 minutes
-of CPU time on 2 threads). Finished stages are kept: a rerun resumes.
+Run: `.venv/bin/python benchmarks/cascade_ablation.py [--runs-dir runs/ablation]` (CPU, offline; about 4 minutes
+on an idle 2-core machine). Finished stages are kept: a rerun resumes.
 """
 
 from __future__ import annotations
