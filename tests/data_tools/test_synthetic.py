@@ -152,3 +152,48 @@ def test_bad_knobs_are_refused_with_the_reason(knobs, message):
 def test_unknown_kind_is_refused(tmp_path):
     with pytest.raises(ValueError, match="choose one or more of"):
         write_synthetic_dataset(tmp_path, 2, seed=0, kinds=("colour",))
+
+
+def test_a_sloppy_teacher_counts_every_object_of_the_shape_and_leaves_the_scene_and_the_answer_alone(tmp_path):
+    clean = write_synthetic_dataset(tmp_path / "clean", 60, seed=5, split_name="sft", kinds=("count",))
+    sloppy = write_synthetic_dataset(
+        tmp_path / "sloppy", 60, seed=5, split_name="sft", kinds=("count",), teacher_error=1
+    )
+    task = ShapesTask()
+    for a, b in zip(read_rows(clean["path"]), read_rows(sloppy["path"])):
+        assert a["answer"] == b["answer"] and a["question"] == b["question"], a["id"]
+        assert (tmp_path / "clean" / a["image"]).read_bytes() == (tmp_path / "sloppy" / b["image"]).read_bytes()
+        assert a["response"] == f"Answer: \\boxed{{{a['answer']}}}"
+        # Counted from the pixels: the default task paints only squares, one per non-white 32-px cell.
+        image = Image.open(tmp_path / "sloppy" / b["image"]).convert("RGB")
+        cells = [
+            (c * task.cell, r * task.cell, (c + 1) * task.cell, (r + 1) * task.cell) for r in (0, 1) for c in (0, 1)
+        ]
+        squares = sum(Image.eval(image.crop(box), lambda v: 255 - v).getbbox() is not None for box in cells)
+        assert b["response"] == f"Answer: \\boxed{{{squares}}}", b["id"]
+    # Wrong exactly where squares of the other colour are present; the summary counts those rows.
+    wrong = sum(a["response"] != b["response"] for a, b in zip(read_rows(clean["path"]), read_rows(sloppy["path"])))
+    assert sloppy["wrong_responses"] == wrong > 0 and clean["wrong_responses"] == 0
+
+
+def test_the_teacher_errs_on_about_the_asked_share_of_rows(tmp_path):
+    half = write_synthetic_dataset(tmp_path, 400, seed=1, split_name="sft", kinds=("count",), teacher_error=0.5)
+    # Sloppy on ~200 rows, of which those with a square of the other colour (0-2 distractors, uniform: 2/3) are
+    # wrong: ~133 expected; binomial(400, 1/3) has a std of ~9.4, so ±40 is more than 4 std.
+    assert 93 <= half["wrong_responses"] <= 173
+
+
+def test_a_teacher_error_outside_0_1_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="teacher_error is a probability"):
+        write_synthetic_dataset(tmp_path, 2, seed=0, teacher_error=1.5)
+
+
+def test_asked_colours_limit_the_questions_not_the_scene():
+    task = ShapesTask(asked_colours=("red",))
+    examples = [make_example(task, "count", seed=2, index=i) for i in range(60)]
+    assert {e.question for e in examples} == {"How many red squares are there?"}
+    assert any(o.colour == "blue" for e in examples for o in e.objects)  # blue squares still appear, as distractors
+    for e in examples:
+        assert e.answer == str(sum(o.colour == "red" for o in e.objects))
+    with pytest.raises(ValueError, match="asked_colours"):
+        ShapesTask(asked_colours=("green",))

@@ -1,8 +1,8 @@
 """The cascade. Fast: what a recipe may set (the keys the cascade sets are refused, a stage's own seed wins), how
 each stage's inputs come from the outputs before it (planned, or recorded in the manifest), what the manifest
-hashes, skipping and refusing on rerun (stages faked: no model runs). Slow: a small cascade end to end through the
-CLI: it completes, the manifest is complete, a rerun skips every stage, and reward after RL beats reward after SFT
-on a fixed seed."""
+hashes, skipping and refusing on rerun (stages faked: no model runs). Slow: the demo cascade end to end through the
+CLI: it completes, the manifest is complete, a rerun skips every stage, and on a fixed seed each RL stage raises
+held-out accuracy, by 30 points in all, while the online reward's moving average rises."""
 
 import dataclasses
 import json
@@ -25,6 +25,7 @@ from cascade_rl.stages.cascade import (
 )
 from cascade_rl.stages.manifest import Manifest, config_hash
 from cascade_rl.stages.pairs import PairsStageConfig
+from cascade_rl.stages.report import reward_trend
 
 DATA = {"train": "train.jsonl", "heldout": "heldout.jsonl", "sft": "sft.jsonl", "image_root": "/images"}
 
@@ -185,7 +186,7 @@ def test_a_rerun_skips_finished_stages_and_refuses_a_changed_one_before_running(
     assert fake_stages == ["rollout", "pairs", "mpo"]  # nothing ran, the filter neither
 
 
-SMALLER: list[str] = []  # the demo recipe as it is: on seed 0 it takes about a minute and a half on 2 idle cores
+SMALLER: list[str] = []  # the demo recipe as it is: about 80 s of CPU time on seed 0 (2 threads)
 
 
 @pytest.mark.slow
@@ -201,8 +202,17 @@ def test_cascade_runs_records_its_lineage_skips_on_rerun_and_rl_helps(tmp_path, 
         assert entry["inputs"] and entry["config"] and len(entry["config_hash"]) == 16, name
         assert all(Path(p).exists() for p in entry["outputs"].values()), name
     summary = json.loads((run / "07_eval" / "summary.json").read_text())
-    assert set(summary["accuracy"]) == {"sft", "mpo", "gspo"}
-    assert summary["reward"]["gspo"] > summary["reward"]["sft"], summary
+    accuracy = summary["accuracy"]
+    assert set(accuracy) == {"sft", "mpo", "gspo"}
+    # 480 held-out prompts: a binomial std of at most 0.023 per accuracy. Seed 0 measured 0.350 → 0.463 → 0.813
+    # (recipes/demo/cascade.yaml); the margins below leave room for last-digit differences between machines.
+    assert (
+        accuracy["sft"] + 0.05 < accuracy["mpo"] < accuracy["gspo"] - 0.15
+        and accuracy["gspo"] - accuracy["sft"] >= 0.3
+    )
+    config = load_config(CascadeConfig, RECIPE, args[2:])
+    trend = reward_trend(config)
+    assert trend["end"] > trend["start"], trend
 
     capsys.readouterr()
     assert main(args) == 0
