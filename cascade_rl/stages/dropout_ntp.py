@@ -43,8 +43,8 @@ from cascade_rl.data_tools.pairs import write_pairs
 from cascade_rl.data_tools.records import RolloutRecord
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rollout import Rollout, RolloutRequest, SamplingConfig
-from cascade_rl.rollout.factory import make_engine
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
+from cascade_rl.stages.rollout import open_store, sampling_engine
 
 # InternVL's DropoutNTP pipeline: one sample, temperature 0.7 (its code; 1.0 in its docs), top_k 50, top_p 1.0,
 # 2048 new tokens. Here the responses it truncates are sampled with the same settings.
@@ -89,18 +89,9 @@ def run_dropout_ntp(config: DropoutNTPConfig, engine=None) -> dict:
     rows, read_summary = read_prompts(config.prompts, config.image_root, on_error=config.on_error)
     base = read_base_pairs(config.base_pairs) if config.base_pairs else []  # a bad file fails before any sampling
     dump_yaml(config, out / "dropout_ntp_config.yaml")
-    store = RolloutStore(out / "rollouts")
-    done = store.done_prompt_ids(config.sampling.n)
-    todo = [row for row in rows if row.id not in done]
+    store, todo = open_store(out / "rollouts", rows, config.sampling.n)
     owned = engine is None
-    if owned:
-        engine = make_engine(
-            config.engine,
-            config.model_path,
-            max_tiles=config.max_tiles,
-            batch_size=config.engine_batch_size,
-            vllm=config.vllm,
-        )
+    engine = sampling_engine(config) if owned else engine
     started = time.time()
     for start in tqdm(range(0, len(todo), config.prompts_per_batch), desc="dropout-ntp", unit="batch"):
         store.append(sample_and_continue(engine, todo[start : start + config.prompts_per_batch], config))

@@ -77,6 +77,25 @@ def instructed(row, instruction: PromptInstruction):
     return replace(row, question=with_prompt_instruction(row.question, len(row.images), instruction))
 
 
+def open_store(directory: Path, rows: list, n: int) -> tuple[RolloutStore, list]:
+    """The stage's crash-safe rollout store at `directory`, and the rows whose `n` samples it does not hold yet."""
+    store = RolloutStore(directory)
+    done = store.done_prompt_ids(n)
+    return store, [row for row in rows if row.id not in done]
+
+
+def sampling_engine(config):
+    """The engine an offline sampling stage's config names (`engine`, `model_path`, `max_tiles`,
+    `engine_batch_size`, `vllm`)."""
+    return make_engine(
+        config.engine,
+        config.model_path,
+        max_tiles=config.max_tiles,
+        batch_size=config.engine_batch_size,
+        vllm=config.vllm,
+    )
+
+
 def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     """Sample, score and store rollouts for every prompt not yet done; write the ledger and a summary."""
     if engine is None and config.engine == "vllm":
@@ -86,15 +105,9 @@ def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:
     rows, read_summary = read_prompts(config.prompts, config.image_root, on_error=config.on_error)
     dump_yaml(config, out / "rollout_config.yaml")  # once the input reads: a refused rerun keeps the last one
     rows = [instructed(row, config.prompt_instruction) for row in rows]
-    store = RolloutStore(out / "rollouts")
-    done = store.done_prompt_ids(config.sampling.n)
-    todo = [row for row in rows if row.id not in done]
+    store, todo = open_store(out / "rollouts", rows, config.sampling.n)
     owned = engine is None
-    if owned:
-        batch_size, vllm = config.engine_batch_size, config.vllm
-        engine = make_engine(
-            config.engine, config.model_path, max_tiles=config.max_tiles, batch_size=batch_size, vllm=vllm
-        )
+    engine = sampling_engine(config) if owned else engine
     sampling = config.sampling.params()
     started, stats = time.time(), {"prompts": len(todo), "rollouts": 0, "tokens": 0}
     failures: dict[str, dict[str, int]] = {}

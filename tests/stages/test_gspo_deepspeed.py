@@ -33,15 +33,19 @@ def assert_same_rows(rows_one, rows_two, keys=COMPARED):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
 
 
+def one_and_two_ranks(checkpoint, tmp_path, ds_config, settings) -> tuple[list, list]:
+    """Metrics rows of the same 2-step run in one process (tmp_path/one) and on two DeepSpeed ranks (tmp_path/two)."""
+    one = gspo_config(checkpoint, tmp_path / "one", optim={"max_steps": 2}, **settings)
+    two = gspo_config(checkpoint, tmp_path / "two", optim={"max_steps": 2}, **settings)
+    run_gspo(one)
+    launch(gspo_rank_main, (2, free_port(), two, deepspeed_env(ds_config)))
+    return read_metrics(tmp_path / "one/run/metrics.jsonl"), read_metrics(tmp_path / "two/run/metrics.jsonl")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("ds_config", [ZERO2, ZERO3], ids=["zero2", "zero3"])
 def test_gspo_under_deepspeed_matches_one_process(tiny_checkpoint, tmp_path, ds_config):
-    one = gspo_config(tiny_checkpoint, tmp_path / "one", optim={"max_steps": 2}, **SETTINGS)
-    two = gspo_config(tiny_checkpoint, tmp_path / "two", optim={"max_steps": 2}, **SETTINGS)
-    run_gspo(one)
-    launch(gspo_rank_main, (2, free_port(), two, deepspeed_env(ds_config)))
-    rows_one = read_metrics(tmp_path / "one/run/metrics.jsonl")
-    rows_two = read_metrics(tmp_path / "two/run/metrics.jsonl")
+    rows_one, rows_two = one_and_two_ranks(tiny_checkpoint, tmp_path, ds_config, SETTINGS)
     assert len(rows_one) == 2
     assert_same_rows(rows_one, rows_two)
     # The HF engine samples from its own whole copy under ZeRO-3, the gathered weights pushed into it after every
@@ -89,12 +93,7 @@ def test_dynamic_sampling_under_zero3_keeps_the_ranks_balanced(tiny_checkpoint, 
     # are left, all even, nothing is kept on any rank, and both runs stop.
     spec = RewardSpec("stages.easy_rewards:odd_answers_only")
     settings = dict(SETTINGS, seed=1, drop_zero_variance=True, rewards=[spec], correct=[CorrectRule(spec.name, 0.05)])
-    one = gspo_config(tiny_checkpoint, tmp_path / "one", optim={"max_steps": 2}, **settings)
-    two = gspo_config(tiny_checkpoint, tmp_path / "two", optim={"max_steps": 2}, **settings)
-    run_gspo(one)
-    launch(gspo_rank_main, (2, free_port(), two, deepspeed_env(ZERO3)))
-    rows_one = read_metrics(tmp_path / "one/run/metrics.jsonl")
-    rows_two = read_metrics(tmp_path / "two/run/metrics.jsonl")
+    rows_one, rows_two = one_and_two_ranks(tiny_checkpoint, tmp_path, ZERO3, settings)
     assert [(r["kept_groups"], r["zero_variance_groups"]) for r in rows_two] == [(4, 1)]  # summed over the ranks
     assert_same_rows(rows_one, rows_two, keys=(*COMPARED, "kept_groups", "zero_variance_groups"))
     ledger_one = PassRateLedger.load(tmp_path / "one/run/ledger.json")
