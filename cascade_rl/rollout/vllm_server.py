@@ -9,8 +9,11 @@
   colocated engine sample the same completions.
 - Weights: vLLM's weight-transfer protocol (`/init_weight_transfer_engine`, `/start_weight_update`,
   `/update_weights`, `/finish_weight_update`; servers started with VLLM_SERVER_DEV_MODE=1) driven by vLLM's own
-  trainer engines: "nccl" between GPUs, "gloo" (`rollout/vllm_transfer.py`) on CPUs. One group spans the trainer and
-  every worker of every server, so each push is one broadcast; trainable weights only, cast to the servers' dtype.
+  trainer engines: "nccl" between GPUs, "gloo" (`rollout/vllm_transfer.py`) on CPUs. One group spans the trainer's
+  rank 0 and every worker of every server, so each push is one broadcast; trainable weights only, cast to the
+  servers' dtype. Under several trainer processes (DDP, DeepSpeed ZeRO-2/3) every rank samples its own prompts from
+  the servers and calls the push; rank 0 sends while the other ranks take part in ZeRO-3's bucketed gathers
+  (`rollout/vllm_transfer.py::PolicySource`), so no rank holds the whole model at once.
   After a push the servers' prefix and encoder caches are reset (their entries belong to the old weights). A push
   that fails drops the group: the next one forms a new group.
 - Every HTTP call has a timeout; connection failures, timeouts and 502/503/504 answers are retried with exponential
@@ -97,6 +100,8 @@ class VLLMServerEngine:
         self.suppressed = {str(int(i)): IMAGE_TOKEN_BIAS for i in getattr(processor, "image_token_ids", [])}
         self.weight_backend, self.group_host, self.group_port = weight_backend, group_host, group_port
         self.wire_dtype, self.bucket_bytes, self.timeout_s = wire_dtype, bucket_bytes, timeout_s
+        self.trainer_rank = trainer_rank()
+        self.sender = self.trainer_rank == 0  # rank 0 sends; under several processes the others only gather
         self.transfer = None  # vLLM's trainer-side engine, formed at the first push
         self.model_names: dict[str, str] = {}
         self.weights_version = 0
@@ -171,30 +176,43 @@ class VLLMServerEngine:
         return self.model_names[server.url]
 
     def update_weights(self, model) -> None:
-        """Push the trainable weights to every server. The group is formed at the first push; a push that fails drops
-        it and is tried again through a new group, with backoff, up to `retries` times; then `TransferFailed` names
-        the servers that no longer answer."""
+        """Push the trainable weights to every server; under several trainer processes every rank calls this (vLLM's
+        multi-rank trainer protocol: rank 0 sends, the others take part in ZeRO-3's gathers). The group is formed at
+        the first push; a push that fails drops it and is tried again through a new group, with backoff, up to
+        `retries` times; then `TransferFailed` names the servers that no longer answer. The ranks agree on each
+        try's outcome (rank 0's), so they retry, and return, together."""
         self.weights_version += 1
         tries, backoff_s = self.servers[0].retries, self.servers[0].backoff_s
         for attempt in range(tries):
             if attempt:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
-            try:
-                return self._push(model)
-            except (EngineUnavailable, RuntimeError, ValueError) as err:
-                self._drop_group()
-                last = err
+            failure = _rank_zero_says(self._try_push(model))
+            if failure is None:
+                return
+            self._drop_group()
+        silent = ", ".join(self._silent_servers()) or "none"
         raise TransferFailed(
-            f"weight push {self.weights_version} failed after {tries} tries ({last}); "
-            f"not answering: {', '.join(self._silent_servers()) or 'none'}"
+            f"weight push {self.weights_version} failed after {tries} tries ({failure}); not answering: {silent}"
         )
 
-    def _push(self, model) -> None:
-        if self.transfer is None:
-            self.transfer = self._form_group(model)
-        else:
-            self.transfer.source = trainable_source(model, self.wire_dtype)
-        self.transfer.send_weights()
+    def _try_push(self, model) -> str | None:
+        """One push; the failure's text (None when it went through). A failed sender finishes the round's gathers."""
+        source = None
+        try:
+            if self.transfer is None:
+                self.transfer = self._form_group(model)
+            source = self.transfer.source = self._source(model)
+            self.transfer.send_weights()
+            return None
+        except (EngineUnavailable, RuntimeError, ValueError) as err:
+            (source or policy_source(model, None)).finish_round()
+            return str(err) or type(err).__name__
+
+    def _source(self, model):
+        """This round's weights: cast to the wire dtype on rank 0; the other ranks only gather, uncast."""
+        if self.wire_dtype == "auto":
+            self.wire_dtype = served_dtype(self.servers[0])
+        return policy_source(model, self.wire_dtype if self.sender else None)
 
     def _silent_servers(self) -> list[str]:
         """URLs (with the step) of the servers whose /health does not answer now."""
@@ -207,21 +225,19 @@ class VLLMServerEngine:
         return silent
 
     def _form_group(self, model):
+        """vLLM's trainer engine; on rank 0 the group with every server's workers, on other ranks none."""
         from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
 
         from cascade_rl.rollout import vllm_transfer
 
         vllm_transfer.register()
-        if self.wire_dtype == "auto":
-            self.wire_dtype = served_dtype(self.servers[0])
-        sizes = [int(s.call("GET", "/get_world_size")["world_size"]) for s in self.servers]
+        sizes = [int(s.call("GET", "/get_world_size")["world_size"]) for s in self.servers] if self.sender else []
         client = FleetClient(self.servers, sizes)
-        return WeightTransferTrainerFactory.trainer_init(
-            self._init_info(1 + sum(sizes)), client=client, source=trainable_source(model, self.wire_dtype)
-        )
+        info = self._init_info(1 + sum(sizes))
+        return WeightTransferTrainerFactory.trainer_init(info, client=client, source=self._source(model))
 
     def _init_info(self, world_size: int):
-        common = {"master_address": self.group_host, "world_size": world_size, "rank": 0}
+        common = {"master_address": self.group_host, "world_size": world_size, "rank": self.trainer_rank}
         if self.weight_backend == "gloo":
             from cascade_rl.rollout.vllm_transfer import GlooTrainerInitInfo
 
@@ -230,7 +246,8 @@ class VLLMServerEngine:
             )
         from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
 
-        return NCCLTrainerInitInfo(master_port=self.group_port or _free_port(), **common)
+        port = self.group_port or (_free_port() if self.sender else 0)
+        return NCCLTrainerInitInfo(master_port=port, **common)
 
     def _drop_group(self) -> None:
         if self.transfer is not None:
@@ -250,19 +267,14 @@ def served_dtype(server: ServerCalls) -> str:
     return found.group(1)
 
 
-def trainable_source(model, dtype: str | None):
-    """The policy's trainable weights as a vLLM WeightSource, in checkpoint names, each storage once."""
+def policy_source(model, dtype: str | None):
+    """The policy's trainable weights as a vLLM WeightSource (`PolicySource`), cast to `dtype` ("bfloat16", ...;
+    None: each tensor's own)."""
     import torch
 
-    from cascade_rl.rollout.vllm_transfer import NamedTensorSource
+    from cascade_rl.rollout.vllm_transfer import PolicySource
 
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    seen, named = set(), []
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in trainable and id(param) not in seen:
-            seen.add(id(param))
-            named.append((name, param))
-    return NamedTensorSource(named, getattr(torch, dtype) if dtype else None)
+    return PolicySource(model, getattr(torch, dtype) if dtype else None)
 
 
 def chat_messages(request: RolloutRequest) -> list[dict]:
@@ -283,6 +295,24 @@ def _image_part(image) -> dict:
     image.convert("RGB").save(buffer, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _rank_zero_says(failure: str | None) -> str | None:
+    """Rank 0's `failure` on every trainer rank (itself on one process)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return failure
+    said = [failure]
+    dist.broadcast_object_list(said, src=0)
+    return said[0]
+
+
+def trainer_rank() -> int:
+    """This trainer process's rank (0 on one process)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _free_port() -> int:

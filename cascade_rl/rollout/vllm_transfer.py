@@ -30,6 +30,7 @@ from vllm.distributed.weight_transfer.base import (
 )
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
 
+from cascade_rl.models.gathered import full_shape, full_weights, weight_names
 from cascade_rl.rollout.collective import DEFAULT_BUCKET_BYTES, TensorSpec, WeightGroup
 
 BACKEND = "gloo"
@@ -164,7 +165,9 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
     def send_weights(self) -> None:
         """start → (update_weights on the workers ∥ broadcast here) → finish."""
         meta = self.source.metadata()
-        if not self.is_sender:
+        if not self.is_sender:  # only take part in the trainer-side gathers
+            for _ in self.source:
+                pass
             return
         update = GlooUpdateInfo(
             [m.name for m in meta], [_dtype_name(m.dtype) for m in meta], [list(m.shape) for m in meta]
@@ -183,19 +186,42 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         self.group = None
 
 
-class NamedTensorSource(WeightSource):
-    """A `WeightSource` over fixed (name, tensor) pairs, e.g. a policy's trainable weights in checkpoint names,
-    cast to the dtype the servers run (`dtype`; None keeps each tensor's own)."""
+class PolicySource(WeightSource):
+    """A `WeightSource` over a policy's trainable weights in checkpoint names, cast to the dtype the servers run
+    (`dtype`; None keeps each tensor's own), whether or not DeepSpeed ZeRO-3 partitions them.
 
-    def __init__(self, named, dtype: torch.dtype | None = None):
-        self.named, self.dtype = list(named), dtype
+    Iterating gathers the weights a bucket at a time (`models/gathered.py::full_weights`), a collective under ZeRO-3:
+    every trainer rank iterates each round to its end, in the same order, the sender (rank 0) broadcasting what it
+    gets to the servers and the other ranks only taking part in the gathers (vLLM's multi-rank trainer protocol).
+    `finish_round` runs what is left of the round, so a sender whose broadcast failed half-way does not leave the
+    other ranks waiting in a gather.
+    """
+
+    def __init__(self, model, dtype: torch.dtype | None = None):
+        self.model, self.dtype = model, dtype
+        self._pass = None  # the round's iteration, once started
+        self._done = False
 
     def metadata(self) -> list[ParamMeta]:
-        return [ParamMeta(name, self.dtype or t.dtype, tuple(t.shape)) for name, t in self.named]
+        return [
+            ParamMeta(name, self.dtype or p.dtype, full_shape(p))
+            for name, p in weight_names(self.model, trainable_only=True)
+        ]
 
     def __iter__(self):
-        for name, tensor in self.named:
-            yield name, tensor.detach().to(self.dtype) if self.dtype else tensor.detach()
+        self._pass, self._done = self._stream(), False
+        return self._pass
+
+    def _stream(self):
+        for name, tensor in full_weights(self.model, trainable_only=True):
+            yield name, tensor.to(self.dtype) if self.dtype else tensor
+        self._done = True
+
+    def finish_round(self) -> None:
+        """Iterate the rest of this round's pass (a whole pass when none started)."""
+        if not self._done:
+            for _ in self._pass if self._pass is not None else iter(self):
+                pass
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -402,6 +402,8 @@ class GSPOTrainer:
             self.out / "state", self.accelerator, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
         )
         if state is None:
+            if self.config.engine in ("server", "hf-server"):  # servers may hold another run's weights
+                self.engine.update_weights(self.model)
             return 0, 0
         step, extra = state
         if (self.out / "ledger.json").exists():

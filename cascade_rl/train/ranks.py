@@ -34,8 +34,11 @@ def check_ranks(config, world: int) -> None:
     for name in ("prompts_per_step", "mini_batch_prompts"):
         if getattr(config, name) % world:
             raise ValueError(f"{name}={getattr(config, name)} must be a multiple of the {world} processes")
-    if config.engine in ("server", "hf-server"):
-        raise ValueError("a rollout server takes weights from one trainer process; use engine=hf or vllm per rank")
+    if config.engine == "hf-server":
+        raise ValueError(
+            "the HF test-double server takes weights from one trainer process; use engine=server (vLLM servers: "
+            "rank 0 pushes, every rank samples) or engine=hf / vllm (an engine per rank)"
+        )
 
 
 def rank_counts(accelerator, count: int) -> list[int]:

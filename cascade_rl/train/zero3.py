@@ -10,7 +10,8 @@ engine, and the final checkpoint is gathered from the partitions (`gathered_stat
   scoring every world-th pair.
 - GSPO: the frozen-vision cache, the old log-probs and the updates run through the engine, every rank over the same
   number of groups; an HF engine samples from its own whole copy (`unpartitioned_policy`), into which the trained
-  weights are gathered a bucket at a time (models/gathered.py), as they are for a colocated vLLM engine.
+  weights are gathered a bucket at a time (models/gathered.py), as they are for a colocated vLLM engine and for the
+  push to vLLM rollout servers (every rank gathers, rank 0 sends: rollout/vllm_server.py).
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ def check_zero3_gspo(config) -> None:
             "kl_coef > 0 under ZeRO-3 is not supported: the KL reference would be a whole model on every rank; set "
             "kl_coef=0 (InternVL3.5's online recipe) or train under ZeRO-2 (recipes/deepspeed/accelerate_zero2.yaml)"
         )
-    if config.engine in ("server", "hf-server"):
+    if config.engine == "hf-server":
         raise ValueError(
-            f"engine={config.engine} under ZeRO-3 is not supported: a rollout server takes the weights whole from one "
-            "trainer process; use engine=hf or vllm (one engine per rank, weights gathered bucket by bucket), or "
-            "train under ZeRO-2 (recipes/deepspeed/accelerate_zero2.yaml) on one process"
+            "engine=hf-server under ZeRO-3 is not supported: the HF test-double server takes the weights whole from "
+            "one trainer process; use engine=server (vLLM servers, weights gathered bucket by bucket and pushed by "
+            "rank 0) or engine=hf / vllm (one engine per rank)"
         )
 
 

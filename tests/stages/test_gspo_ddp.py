@@ -53,8 +53,9 @@ def test_settings_that_would_unbalance_the_ranks_are_refused(tiny_checkpoint, tm
     cfg = config(tiny_checkpoint, tmp_path, prompts_per_step=6, mini_batch_prompts=3, drop_zero_variance=False)
     with pytest.raises(ValueError, match="mini_batch_prompts=3 must be a multiple of the 2 processes"):
         check_ranks(cfg, 2)
-    with pytest.raises(ValueError, match="takes weights from one trainer process; use engine=hf or vllm per rank"):
+    with pytest.raises(ValueError, match="takes weights from one trainer process; use engine=server"):
         check_ranks(config(tiny_checkpoint, tmp_path, engine="hf-server"), 2)
+    check_ranks(config(tiny_checkpoint, tmp_path, engine="server"), 2)  # vLLM servers: every rank samples
     check_ranks(config(tiny_checkpoint, tmp_path, drop_zero_variance=True), 2)  # refills are dealt to balance
     check_ranks(cfg, 1)  # one process: anything goes
 

@@ -145,8 +145,8 @@ def test_gspo_against_two_vllm_servers_pushes_weights_both_decode_like_the_train
     urls = [s.url for s in servers]
     config = gspo_config(hd32_checkpoint, tmp_path, engine="server", server_urls=urls, optim={"max_steps": 2}, seed=3)
     summary = run_gspo(config)
-    assert pushed == [1, 2]
-    assert [url for url, _ in checks] == urls * 2
+    assert pushed == [1, 2, 3]  # the starting weights, then one push per step
+    assert [url for url, _ in checks] == urls * 3
     assert all(equal for _, equal in checks), checks
     trained, _ = load_policy(summary["final"])
     initial, _ = load_policy(hd32_checkpoint)
@@ -166,7 +166,7 @@ def test_a_server_killed_mid_run_is_named_and_a_rerun_after_restart_resumes(
 
     def push_then_kill(engine, model):
         original(engine, model)
-        if engine.weights_version == 1:
+        if engine.weights_version == 2:  # after step 1's update (push 1 carried the starting weights)
             victim.stop()
             killed_at.append(time.monotonic())
 
@@ -185,6 +185,42 @@ def test_a_server_killed_mid_run_is_named_and_a_rerun_after_restart_resumes(
     resumed = run_gspo(gspo_config(hd32_checkpoint, tmp_path, **settings))
     assert resumed["steps"] == 2
     assert [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+
+
+def test_gspo_on_two_zero3_ranks_against_the_servers_matches_one_process(servers, hd32_checkpoint, tmp_path):
+    """Two gloo ranks under DeepSpeed ZeRO-3 (each holding half of every weight) sample their halves of each step's
+    prompts from the servers; each push gathers the weights bucket by bucket on both ranks and rank 0 broadcasts
+    them. Seeds are per prompt and the servers run fp32, so the run equals one process against the same servers:
+    step 2's rewards and losses come from the weights pushed after step 1."""
+    from pathlib import Path
+
+    from stages.ddp_worker import deepspeed_env, gspo_rank_main, launch
+
+    pytest.importorskip("deepspeed")
+    urls = [s.url for s in servers]
+    settings = dict(engine="server", server_urls=urls, optim={"max_steps": 2}, seed=5)
+    settings.update(prompts_per_step=4, mini_batch_prompts=4, server_timeout_s=120.0)
+    one = gspo_config(hd32_checkpoint, tmp_path / "one", **settings)
+    two = gspo_config(hd32_checkpoint, tmp_path / "two", **settings)
+    run_gspo(one)
+    zero3 = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / "zero3.json"
+    launch(gspo_rank_main, (2, free_port(), two, deepspeed_env(zero3)), timeout_s=900)
+    rows_one = read_metrics(tmp_path / "one/run/metrics.jsonl")
+    rows_two = read_metrics(tmp_path / "two/run/metrics.jsonl")
+    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2]
+    for a, b in zip(rows_one, rows_two):
+        for key in ("reward_mean", "completion_length", "loss", "logprob_gap_engine_vs_trainer"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+        assert b["rollout_tokens"] == a["rollout_tokens"]  # summed over the ranks
+    final_one = load_policy(tmp_path / "one/run/final")[0].state_dict()
+    final_two = load_policy(tmp_path / "two/run/final")[0].state_dict()
+    for name, value in final_one.items():
+        torch.testing.assert_close(final_two[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    model, processor = load_policy(tmp_path / "two/run/final")
+    engine = VLLMServerEngine(urls, processor, max_tiles=4, weight_backend="gloo")
+    checks = []  # the servers hold what the two ranks pushed last: the final weights
+    check_servers_decode_like_the_trainer(engine, model, processor, checks)
+    assert all(equal for _, equal in checks), checks
 
 
 def test_a_server_dying_mid_push_is_named_after_the_retries(servers, hd32_checkpoint, tmp_path, monkeypatch):
