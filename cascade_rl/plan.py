@@ -266,7 +266,7 @@ def plan_trainer(
     if stage == "gspo" and config.engine in ("server", "hf-server"):
         world = 1
         notes.append(
-            f"GSPO trains in one process; {len(config.server_urls)} rollout server(s) on their own GPUs, each holding "
+            f"GSPO trains in one process; {len(config.server.urls)} rollout server(s) on their own GPUs, each holding "
             f"{2 * size.total / GIB:.1f} GiB of bf16 weights (split by its --tensor-parallel-size) and its KV cache"
         )
     parts = trainer_states(size, trained_params(size, config), sharding, world)

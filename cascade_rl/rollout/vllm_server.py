@@ -171,9 +171,17 @@ class VLLMServerEngine:
     def _model_name(self, server: ServerCalls) -> str:
         """The name the server serves its model under (asked once per server)."""
         if server.url not in self.model_names:
-            answer = server.call("GET", "/v1/models")
-            self.model_names[server.url] = server.read("/v1/models", answer, lambda a: a["data"][0]["id"])
+            self.model_names[server.url] = self._model_card(server)["id"]
         return self.model_names[server.url]
+
+    def served_models(self) -> dict[str, str]:
+        """Each server's URL → the checkpoint it loaded (its model card's `root`: the path given to --model)."""
+        return {server.url: str(self._model_card(server).get("root") or "") for server in self.servers}
+
+    @staticmethod
+    def _model_card(server: ServerCalls) -> dict:
+        answer = server.call("GET", "/v1/models")
+        return server.read("/v1/models", answer, lambda a: dict(a["data"][0]))
 
     def update_weights(self, model) -> None:
         """Push the trainable weights to every server; under several trainer processes every rank calls this (vLLM's

@@ -43,6 +43,7 @@ from cascade_rl.data_tools.pairs import write_pairs
 from cascade_rl.data_tools.records import RolloutRecord
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rollout import Rollout, RolloutRequest, SamplingConfig
+from cascade_rl.rollout.factory import ServerSettings, check_server_settings
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 from cascade_rl.stages.rollout import open_store, sampling_engine
 
@@ -63,7 +64,7 @@ class DropoutNTPConfig:
     image_root: str | None = None
     out_dir: str = "runs/dropout_ntp"
     base_pairs: str | None = None
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm", "server"] = "hf"
     max_tiles: int = 6
     engine_batch_size: int = 8
     prompts_per_batch: int = 8
@@ -71,12 +72,14 @@ class DropoutNTPConfig:
     start_ratio: float = 0.5
     sampling: SamplingConfig = field(default_factory=lambda: NTP_SAMPLING)
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)  # engine server: vLLM servers serving model_path
     on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
         check_choices(self)
         if not self.model_path or not self.prompts:
             raise ValueError("model_path and prompts are required")
+        check_server_settings(self.engine, self.server)
         check_start_ratio(self.start_ratio)
 
 

@@ -37,7 +37,7 @@ from cascade_rl.models.logprobs import CHUNK_SIZE
 from cascade_rl.models.parts import freeze_parts
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, reward_runner, score_rollouts
 from cascade_rl.rollout import SamplingConfig, SamplingParams
-from cascade_rl.rollout.factory import EngineKind, check_server_settings, make_engine
+from cascade_rl.rollout.factory import EngineKind, ServerSettings, check_server_settings, make_engine
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 from cascade_rl.train.groups import Group, cache_vision, compute_old_logps, make_group
 from cascade_rl.train.metrics import MetricsLog
@@ -77,13 +77,7 @@ class GSPOConfig:
     image_root: str | None = None
     out_dir: str = "runs/gspo"
     engine: EngineKind = "hf"
-    server_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000"])
-    server_timeout_s: float = 600.0
-    server_retries: int = 3
-    server_wait_s: float = 300.0  # how long to wait for the servers to answer /health at the start
-    weight_transport: Literal["auto", "nccl", "gloo", "http"] = "auto"  # auto: nccl with CUDA, else gloo
-    weight_group_host: str = "127.0.0.1"  # this trainer's address as the rollout servers see it
-    weight_group_port: int = 0  # 0: a free port
+    server: ServerSettings = field(default_factory=ServerSettings)  # engine server / hf-server
     prompts_per_step: int = 8
     mini_batch_prompts: int = 4
     ppo_epochs: int = 1
@@ -133,7 +127,7 @@ class GSPOConfig:
             )
         if self.sampling.seed:
             raise ValueError("GSPO derives step k's sampling seed from seed (seed · 1000003 + k): set seed instead")
-        check_server_settings(self.engine, self.server_urls, self.weight_transport)
+        check_server_settings(self.engine, self.server)
         check_rules(self.rewards, self.correct)
 
 
@@ -211,13 +205,7 @@ class GSPOTrainer:
             max_tiles=c.max_tiles,
             batch_size=c.engine_batch_size,
             vllm=c.vllm,
-            server_urls=c.server_urls,
-            server_wait_s=c.server_wait_s,
-            timeout_s=c.server_timeout_s,
-            retries=c.server_retries,
-            weight_transport=c.weight_transport,
-            group_host=c.weight_group_host,
-            group_port=c.weight_group_port,
+            server=c.server,
         )
 
     def sampling(self, step: int) -> SamplingParams:

@@ -27,7 +27,7 @@ from cascade_rl.data_tools.ledger import PassRateLedger
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, reward_runner, score_rollouts
 from cascade_rl.rollout import SamplingConfig
-from cascade_rl.rollout.factory import make_engine
+from cascade_rl.rollout.factory import ServerSettings, check_server_settings, make_engine
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
 
 # InternVL's MMPR pipeline samples at temperature 0.7, top_k 50, top_p 1.0 (SPEC §2); 32 rollouts released, 8 here.
@@ -43,7 +43,7 @@ class RolloutStageConfig:
     prompts: str = ""
     image_root: str | None = None
     out_dir: str = "runs/offline"
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf", "vllm", "server"] = "hf"
     max_tiles: int = 6
     engine_batch_size: int = 8
     prompts_per_batch: int = 8
@@ -51,6 +51,7 @@ class RolloutStageConfig:
     prompt_instruction: PromptInstruction = "none"
     sampling: SamplingConfig = field(default_factory=lambda: ROLLOUT_SAMPLING)
     vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)  # engine server: vLLM servers serving model_path
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     reward_timeout_s: float = 5.0
@@ -61,6 +62,7 @@ class RolloutStageConfig:
         check_choices(self)
         if not self.model_path or not self.prompts:
             raise ValueError("model_path and prompts are required")
+        check_server_settings(self.engine, self.server)
         check_rules(self.rewards, self.correct)
 
 
@@ -86,14 +88,31 @@ def open_store(directory: Path, rows: list, n: int) -> tuple[RolloutStore, list]
 
 def sampling_engine(config):
     """The engine an offline sampling stage's config names (`engine`, `model_path`, `max_tiles`,
-    `engine_batch_size`, `vllm`)."""
-    return make_engine(
+    `engine_batch_size`, `vllm`, `server`). Rollout servers are not sent weights here: they must serve
+    `model_path` themselves (`cascade-rl serve --engine vllm --model MODEL_PATH`), which is checked."""
+    engine = make_engine(
         config.engine,
         config.model_path,
         max_tiles=config.max_tiles,
         batch_size=config.engine_batch_size,
         vllm=config.vllm,
+        server=config.server,
     )
+    if config.engine == "server":
+        check_served_model(engine, config.model_path)
+    return engine
+
+
+def check_served_model(engine, model_path: str) -> None:
+    """Refuse servers that serve another checkpoint than `model_path` (vLLM reports the path it loaded as the
+    model's `root`; compared by directory name, since a server may mount the checkpoint elsewhere)."""
+    wanted = Path(model_path).name
+    for url, root in engine.served_models().items():
+        if Path(root).name != wanted:
+            raise ValueError(
+                f"rollout server {url} serves {root}, not model_path {model_path}: restart it with "
+                f"`cascade-rl serve --engine vllm --model {model_path}` or point server.urls at servers of it"
+            )
 
 
 def run_rollouts(config: RolloutStageConfig, engine=None) -> dict:

@@ -176,8 +176,7 @@ def test_dedicated_server_mode_pushes_weights_every_step(tiny_checkpoint, tmp_pa
             tmp_path,
             optim={"max_steps": 2},
             engine="hf-server",
-            server_urls=[server.url],
-            weight_transport=transport,
+            server={"urls": [server.url], "weight_transport": transport},
         )
         summary = run_gspo(cfg)
     finally:

@@ -143,7 +143,9 @@ def test_gspo_against_two_vllm_servers_pushes_weights_both_decode_like_the_train
 
     monkeypatch.setattr(VLLMServerEngine, "update_weights", push_then_check)
     urls = [s.url for s in servers]
-    config = gspo_config(hd32_checkpoint, tmp_path, engine="server", server_urls=urls, optim={"max_steps": 2}, seed=3)
+    config = gspo_config(
+        hd32_checkpoint, tmp_path, engine="server", server={"urls": urls}, optim={"max_steps": 2}, seed=3
+    )
     summary = run_gspo(config)
     assert pushed == [1, 2, 3]  # the starting weights, then one push per step
     assert [url for url, _ in checks] == urls * 3
@@ -159,8 +161,8 @@ def test_a_server_killed_mid_run_is_named_and_a_rerun_after_restart_resumes(
 ):
     victim = servers[1]
     urls = [s.url for s in servers]
-    settings = dict(engine="server", server_urls=urls, optim={"max_steps": 2}, seed=4, save_steps=1)
-    settings.update(server_timeout_s=SERVER_TIMEOUT_S, server_retries=SERVER_RETRIES)
+    server = {"urls": urls, "timeout_s": SERVER_TIMEOUT_S, "retries": SERVER_RETRIES}
+    settings = dict(engine="server", server=server, optim={"max_steps": 2}, seed=4, save_steps=1)
     original = VLLMServerEngine.update_weights
     killed_at = []
 
@@ -198,8 +200,8 @@ def test_gspo_on_two_zero3_ranks_against_the_servers_matches_one_process(servers
 
     pytest.importorskip("deepspeed")
     urls = [s.url for s in servers]
-    settings = dict(engine="server", server_urls=urls, optim={"max_steps": 2}, seed=5)
-    settings.update(prompts_per_step=4, mini_batch_prompts=4, server_timeout_s=120.0)
+    settings = dict(engine="server", server={"urls": urls, "timeout_s": 120.0}, optim={"max_steps": 2}, seed=5)
+    settings.update(prompts_per_step=4, mini_batch_prompts=4)
     one = gspo_config(hd32_checkpoint, tmp_path / "one", **settings)
     two = gspo_config(hd32_checkpoint, tmp_path / "two", **settings)
     run_gspo(one)
