@@ -22,7 +22,10 @@ Rollout engines:
   `vllm.kv_cache_gib`), which must hold the weights (2 B/param in bf16, 4 in fp32) and leave room for a KV cache.
   Under GSPO the trainer's weights and optimizer state stay on the GPU while vLLM samples; with `vllm.sleep` vLLM
   frees its share while the trainer runs its backward, so the activations need not fit beside it.
-- `engine: server` (GSPO): vLLM servers on their own GPUs, one trainer process (several are refused).
+- `engine: server` (rollout, GSPO): vLLM servers on GPUs of their own, not among the trainer's N. Each runs the
+  bf16 checkpoint (2 P) split over its `--tensor-parallel-size` k GPUs and takes `cascade-rl serve`'s default 0.9 of
+  each GPU; the plan names the smallest power of two k for which 2 P / k leaves the KV cache its reserve. The
+  trainer's N processes hold no engine.
 - `engine: hf`: the transformers engine holds fp32 weights, 4 P (in GSPO: the trainer's own model).
 
 A plan fits when, on every stage, the parts besides the activations fit the GPU and a trainer keeps room for the
@@ -46,6 +49,8 @@ ACTIVATION_BYTES_PER_HIDDEN_LAYER = 34  # per token, per unit of hidden size, pe
 KV_RESERVE = 0.1  # share of the engine's memory that must stay free for the KV cache beyond the weights
 MAX_UTILIZATION = 0.95  # the largest vllm.gpu_memory_utilization the plan suggests
 MIN_ACTIVATION_TOKENS = 4096  # a trainer must have room for the activations of at least this many tokens
+SERVE_UTILIZATION = 0.9  # `cascade-rl serve`'s default --gpu-memory-utilization (rollout/vllm_launch.py)
+MAX_TENSOR_PARALLEL = 64
 SHARDED_STAGES = ("sft", "mpo", "gspo")
 
 
@@ -246,8 +251,28 @@ def engine_memory(stage: str, vllm, weights: float, capacity: float) -> tuple[fl
     return share, f"set {stage}.vllm.gpu_memory_utilization: {needed:.2f} (its weights take {weights / GIB:.1f} GiB)"
 
 
+def server_need(stage: str, size: ModelSize, capacity: float) -> tuple[str, str]:
+    """(a note on the rollout servers' GPUs, the change needed when no tensor-parallel size fits)."""
+    weights = 2.0 * size.total
+    room = (1 - KV_RESERVE) * SERVE_UTILIZATION * capacity
+    sizes = [2**i for i in range(int(math.log2(MAX_TENSOR_PARALLEL)) + 1)]
+    k = next((k for k in sizes if weights / k <= room), None)
+    if k is None:
+        gib = weights / GIB
+        return "", f"{stage}'s rollout servers: {gib:.1f} GiB of bf16 weights do not fit {MAX_TENSOR_PARALLEL} GPUs"
+    note = (
+        f"rollout servers on GPUs of their own (not among --gpus): {weights / GIB:.1f} GiB of bf16 weights, "
+        f"{weights / k / GIB:.1f} per GPU at --tensor-parallel-size {k}, the smallest that fits: start each with "
+        f"`cascade-rl serve --engine vllm --model MODEL --dtype bfloat16 -- --tensor-parallel-size {k}`"
+    )
+    return note, ""
+
+
 def plan_rollout(config, size: ModelSize, capacity: float, released: bool) -> StagePlan:
-    """The rollout stage: one engine in one process on one GPU."""
+    """The rollout stage: one engine in one process on one GPU, or rollout servers on GPUs of their own."""
+    if config.engine == "server":
+        note, fix = server_need("rollout", size, capacity)
+        return StagePlan("rollout", 0, "rollout servers", {}, capacity, notes=[note] if note else [], fix=fix)
     if config.engine == "vllm":
         per_param, why = engine_weight_bytes(config.vllm, config.model_path, released)
         taken, fix = engine_memory("rollout", config.vllm, per_param * size.total, capacity)
@@ -260,15 +285,12 @@ def plan_rollout(config, size: ModelSize, capacity: float, released: bool) -> St
 def plan_trainer(
     stage: str, config, size: ModelSize, capacity: float, gpus: int, released: bool, sharding: Sharding
 ) -> StagePlan:
-    """SFT, MPO or GSPO on `gpus` processes under `sharding` (GSPO with rollout servers: one process)."""
+    """SFT, MPO or GSPO on `gpus` processes under `sharding` (GSPO's rollout servers on GPUs of their own)."""
     notes, fix, engine, sleeps = [sharding.source], "", 0.0, False
     world = gpus
-    if stage == "gspo" and config.engine in ("server", "hf-server"):
-        world = 1
-        notes.append(
-            f"GSPO trains in one process; {len(config.server.urls)} rollout server(s) on their own GPUs, each holding "
-            f"{2 * size.total / GIB:.1f} GiB of bf16 weights (split by its --tensor-parallel-size) and its KV cache"
-        )
+    if stage == "gspo" and config.engine == "server":
+        note, fix = server_need(stage, size, capacity)
+        notes += [note] if note else []
     parts = trainer_states(size, trained_params(size, config), sharding, world)
     live_reference = getattr(config, "reference", None) == "live" or getattr(config, "kl_coef", 0.0) > 0
     if live_reference:
@@ -300,9 +322,9 @@ def trainer_fix(stage: str, config, size: ModelSize, capacity: float, gpus: int,
             return f"set {stage}.deepspeed: recipes/deepspeed/zero{zero}.json"
     zero = max(current.zero, deepest)
     step = min(gpus, 8)
-    more = next((n for n in range(gpus + step, 4097, step) if fits(zero, n)), None)
+    more = next((n for n in range((gpus // step + 1) * step, 4097, step) if fits(zero, n)), None)  # whole nodes
     deeper = f"set {stage}.deepspeed: recipes/deepspeed/zero{zero}.json and " if zero != current.zero else ""
-    if more is not None and not (stage == "gspo" and config.engine in ("server", "hf-server")):
+    if more is not None:
         return f"{deeper}use --gpus {more}"
     return f"{deeper}offload (offload_optimizer / offload_param in the DeepSpeed config) or use larger GPUs"
 
@@ -340,6 +362,10 @@ class MemoryPlan:
         )
         out = [head]
         for s in self.stages:
+            if not s.parts:  # an engine on GPUs of its own
+                out.append(f"  {s.stage}: {s.sharding}: {'fits' if s.fits else 'DOES NOT FIT'}")
+                out += [f"    {note}" for note in s.notes]
+                continue
             parts = ", ".join(f"{name} {value / GIB:.1f}" for name, value in s.parts.items())
             verdict = "fits" if s.fits else "DOES NOT FIT"
             out.append(f"  {s.stage}: {s.gpus} GPU(s), {s.sharding}: {parts} = {s.fixed / GIB:.1f}: {verdict}")

@@ -29,7 +29,9 @@ from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, grade, reward_columns, reward_runner
 from cascade_rl.rollout import Rollout, SamplingConfig
-from cascade_rl.rollout.factory import make_engine
+from cascade_rl.rollout.factory import ServerSettings, check_server_settings
+from cascade_rl.rollout.vllm_support import VLLMSettings
+from cascade_rl.stages.rollout import sampling_engine
 
 # Greedy: one completion per prompt at temperature 0.
 EVAL_SAMPLING = SamplingConfig(n=1, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=1024, seed=0)
@@ -47,6 +49,9 @@ class EvalConfig:
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("math")])
     correct: list[CorrectRule] = field(default_factory=lambda: [CorrectRule("math", 1.0)])
     sampling: SamplingConfig = field(default_factory=lambda: EVAL_SAMPLING)
+    engine: Literal["hf", "vllm", "server"] = "hf"  # server: vLLM servers serving model_path (checked)
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     max_tiles: int = 12
     engine_batch_size: int = 8
     prompts_per_batch: int = 16
@@ -59,6 +64,7 @@ class EvalConfig:
         check_choices(self)
         if not self.model_path or not self.prompts:
             raise ValueError("model_path and prompts are required")
+        check_server_settings(self.engine, self.server)
         check_rules(self.rewards, self.correct)
         n = self.sampling.n
         if n > 1 and self.sampling.temperature <= 0:
@@ -79,7 +85,7 @@ def run_eval(config: EvalConfig, engine=None) -> dict:
         raise ValueError(f"{config.prompts}: no prompts to evaluate ({read_summary})")
     owned = engine is None
     if owned:
-        engine = make_engine("hf", config.model_path, max_tiles=config.max_tiles, batch_size=config.engine_batch_size)
+        engine = sampling_engine(config)
     sampling, rollouts = config.sampling.params(), []
     for start in tqdm(range(0, len(rows), config.prompts_per_batch), desc="eval", unit="batch"):
         chunk = rows[start : start + config.prompts_per_batch]

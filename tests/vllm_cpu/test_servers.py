@@ -130,6 +130,54 @@ def test_a_server_tiles_several_images_with_the_trainers_budget(servers, hd32_ch
     assert answers[0]["usage"]["prompt_tokens"] == len(ours.input_ids)
 
 
+def rollout_config(checkpoint, tmp_path, name: str, **settings):
+    from stages.conftest import write_prompts
+
+    from cascade_rl.config import from_dict
+    from cascade_rl.stages.rollout import RolloutStageConfig
+
+    base = {
+        "model_path": str(checkpoint),
+        "prompts": str(write_prompts(tmp_path, n=3)),
+        "image_root": str(tmp_path / "images"),
+        "out_dir": str(tmp_path / name),
+        "max_tiles": 4,
+        "sampling": {"n": 3, "max_new_tokens": 8, "seed": 0},
+    }
+    return from_dict(RolloutStageConfig, {**base, **settings})
+
+
+def test_the_rollout_stage_on_the_servers_stores_what_a_colocated_engine_samples(
+    servers, hd32_checkpoint, internvl_engine, tmp_path
+):
+    """Before any GSPO test here pushes weights: the servers still serve the checkpoint. Seeded per (prompt, sample),
+    fp32 on both sides, the offline stage stores the same completions from the servers as from vLLM in-process."""
+    from cascade_rl.data_tools.store import RolloutStore
+    from cascade_rl.stages.rollout import run_rollouts
+
+    urls = [s.url for s in servers]
+    served = run_rollouts(rollout_config(hd32_checkpoint, tmp_path, "served", engine="server", server={"urls": urls}))
+    run_rollouts(rollout_config(hd32_checkpoint, tmp_path, "colocated"), engine=internvl_engine)
+    assert served["rollouts"] == 9
+
+    def stored(name: str) -> list:
+        records = RolloutStore(tmp_path / name / "rollouts", readonly=True).iter_records()
+        return sorted((r.prompt_id, r.sample_index, r.text, tuple(r.token_ids), r.reward) for r in records)
+
+    assert stored("served") == stored("colocated")
+    assert len({row[3] for row in stored("served")}) == 9  # seeded per prompt and sample: no two alike
+
+
+def test_the_rollout_stage_refuses_servers_of_another_checkpoint(servers, hd32_checkpoint, tmp_path):
+    other = tmp_path / "another_checkpoint"
+    other.symlink_to(hd32_checkpoint, target_is_directory=True)
+    config = rollout_config(other, tmp_path, "refused", engine="server", server={"urls": [servers[0].url]})
+    from cascade_rl.stages.rollout import run_rollouts
+
+    with pytest.raises(ValueError, match=f"rollout server {servers[0].url} serves .*, not model_path {other}"):
+        run_rollouts(config)
+
+
 def test_gspo_against_two_vllm_servers_pushes_weights_both_decode_like_the_trainer(
     servers, hd32_checkpoint, tmp_path, monkeypatch
 ):
