@@ -9,7 +9,8 @@ Trainers (SFT, MPO, GSPO), per rank:
   + m + v 12 T. ZeRO-1 divides the 12 T by N, ZeRO-2 also the gradients, ZeRO-3 also the weights.
   `offload_optimizer` moves the 12 T to the CPU, `offload_param` (ZeRO-3) the weights.
 - Reference model: MPO `reference: live` keeps a frozen fp32 copy (4 P) on every rank (`precomputed`, the default,
-  scores the pairs once before training and holds none); GSPO with `kl_coef > 0` keeps one too.
+  scores the pairs once before training and holds none); GSPO with `kl_coef > 0` keeps one too, under ZeRO-3
+  partitioned in bf16 (2 P / N).
 - Activations (an estimate; only the floor below refuses): 34 h L bytes per token of the longest backward, h the
   language model's hidden size, L its layers: Korthikanti et al. 2022 (arXiv 2205.05198, eq. 2) for bf16
   activations without recomputation, with the 5 a s / h attention term dropped (fused attention keeps no scores).
@@ -293,8 +294,8 @@ def plan_trainer(
         notes += [note] if note else []
     parts = trainer_states(size, trained_params(size, config), sharding, world)
     live_reference = getattr(config, "reference", None) == "live" or getattr(config, "kl_coef", 0.0) > 0
-    if live_reference:
-        parts["reference"] = 4.0 * size.total
+    if live_reference:  # under ZeRO-3 (GSPO's KL reference) partitioned like the bf16 weights
+        parts["reference"] = 2.0 * size.total / world if sharding.zero >= 3 else 4.0 * size.total
     if stage == "gspo" and config.engine == "vllm":
         per_param, why = engine_weight_bytes(config.vllm, config.model_path, released)
         engine, fix = engine_memory(stage, config.vllm, per_param * size.total, capacity)

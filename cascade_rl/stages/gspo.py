@@ -55,7 +55,13 @@ from cascade_rl.train.setup import (
     zero_stage,
 )
 from cascade_rl.train.state import load_run_state, save_run_state, uses_deepspeed
-from cascade_rl.train.zero3 import WHOLE_SEQUENCE, check_zero3_gspo, gathered_state_dict, unpartitioned_policy
+from cascade_rl.train.zero3 import (
+    WHOLE_SEQUENCE,
+    check_zero3_gspo,
+    gathered_state_dict,
+    partitioned_reference,
+    unpartitioned_policy,
+)
 
 # InternVL3.5's released online recipe (SPEC §3): lr 1e-6 constant, no warmup, AdamW weight decay 0.01, grad clip 1.0.
 GSPO_OPTIM = OptimConfig(lr=1e-6, lr_schedule="constant", warmup_ratio=0.0, weight_decay=0.01, max_grad_norm=1.0)
@@ -180,9 +186,15 @@ class GSPOTrainer:
         self.advantage_options = advantage_options(
             config.advantage, scale=config.advantage_scale, eps=config.advantage_eps
         )
-        reference = load_policy(config.model_path)[0].eval() if config.kl_coef > 0 else None
-        self.reference = reference.to(self.accelerator.device) if reference is not None else None
+        self.reference = self._kl_reference() if config.kl_coef > 0 else None
         self.ledger = PassRateLedger()
+
+    def _kl_reference(self):
+        """The frozen starting policy, called like the policy: partitioned in a DeepSpeed engine of its own under
+        ZeRO-3, else a whole copy on this rank's device."""
+        if self.zero3:
+            return partitioned_reference(self.accelerator, self.config.model_path)
+        return PolicyCall(load_policy(self.config.model_path)[0].eval().to(self.accelerator.device))
 
     def _prompt_order(self) -> list[int]:
         order = []
@@ -334,7 +346,7 @@ class GSPOTrainer:
     def _kl(self, group: Group, logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`k3_kl` of the policy against the frozen reference on this group's completions."""
         with torch.no_grad():
-            ref, _ = group.logps(PolicyCall(self.reference), **self.scoring)
+            ref, _ = group.logps(self.reference, **self.scoring)
         return k3_kl(logps, ref, mask)
 
     def run(self) -> dict:

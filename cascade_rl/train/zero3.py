@@ -8,7 +8,8 @@ the same modules in the same order. So every scoring call makes the same module 
 engine, and the final checkpoint is gathered from the partitions (`gathered_state_dict`).
 - MPO: the reference pass runs through the prepared engine (as under every setup, train/reference.py), each rank
   scoring every world-th pair.
-- GSPO: the frozen-vision cache, the old log-probs and the updates run through the engine, every rank over the same
+- GSPO: the frozen-vision cache, the old log-probs, the updates and the KL reference (an engine of its own,
+  `partitioned_reference`) run through DeepSpeed engines, every rank over the same
   number of groups; an HF engine samples from its own whole copy (`unpartitioned_policy`), into which the trained
   weights are gathered a bucket at a time (models/gathered.py), as they are for a colocated vLLM engine and for the
   push to vLLM rollout servers (every rank gathers, rank 0 sends: rollout/vllm_server.py).
@@ -25,11 +26,6 @@ WHOLE_SEQUENCE = 1 << 30  # chunk size: the LM head runs once per pair
 
 def check_zero3_gspo(config) -> None:
     """Refuse, naming the way out, what GSPO cannot do under ZeRO-3."""
-    if config.kl_coef > 0:
-        raise ValueError(
-            "kl_coef > 0 under ZeRO-3 is not supported: the KL reference would be a whole model on every rank; set "
-            "kl_coef=0 (InternVL3.5's online recipe) or train under ZeRO-2 (recipes/deepspeed/accelerate_zero2.yaml)"
-        )
     if config.engine == "hf-server":
         raise ValueError(
             "engine=hf-server under ZeRO-3 is not supported: the HF test-double server takes the weights whole from "
@@ -53,6 +49,26 @@ def unpartitioned_policy(accelerator, path) -> torch.nn.Module:
     finally:
         set_hf_deepspeed_config(accelerator.state.deepspeed_plugin.dschf)
     return model.eval().requires_grad_(False)
+
+
+def partitioned_reference(accelerator, path) -> torch.nn.Module:
+    """GSPO's frozen KL reference under ZeRO-3: the checkpoint at `path` loaded partitioned, as the policy is, in a
+    DeepSpeed engine of its own without optimizer (the policy's DeepSpeed config, so the same precision), called like
+    the policy (`PolicyCall`): each call gathers its modules, and no rank holds the reference whole."""
+    import copy
+
+    import deepspeed
+
+    from cascade_rl.train.ranks import PolicyCall
+
+    model, _ = load_policy(path)  # partitioned as it loads: accelerate's DeepSpeed config is registered
+    model.eval().requires_grad_(False)
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    engine, *_ = deepspeed.initialize(model=PolicyCall(model), config=config)
+    engine.eval()  # DeepSpeed's eval() returns None
+    return engine
 
 
 def check_zero3_run(config) -> None:

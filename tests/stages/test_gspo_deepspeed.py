@@ -59,6 +59,17 @@ def test_gspo_under_deepspeed_matches_one_process(tiny_checkpoint, tmp_path, ds_
 
 
 @pytest.mark.slow
+def test_a_kl_reference_under_zero3_matches_one_process(tiny_checkpoint, tmp_path):
+    """kl_coef > 0: under ZeRO-3 the reference is partitioned in a DeepSpeed engine of its own; its log-probs, and
+    so the KL and the loss, equal those of one process's whole reference."""
+    rows_one, rows_two = one_and_two_ranks(tiny_checkpoint, tmp_path, ZERO3, {**SETTINGS, "kl_coef": 0.5})
+    assert_same_rows(rows_one, rows_two, keys=(*COMPARED, "kl"))
+    # k3 ≥ 0, and 0 only where policy = reference (step 1's first update); by step 2 the policy has moved
+    assert all(r["kl"] >= 0 for r in rows_one) and rows_one[1]["kl"] > 1e-7
+    assert_same_weights(tmp_path / "one/run/final", tmp_path / "two/run/final")
+
+
+@pytest.mark.slow
 def test_gspo_under_zero3_resumes_the_uninterrupted_trajectory(tiny_checkpoint, tmp_path):
     # 8 prompts, 2 epochs: 4 steps of 4 prompts, 3 run. The crashed run dies right after logging step 2 (its state
     # saved after step 1), and resumes from step 1's engine partitions, scheduler, cursor and ledger.
