@@ -106,11 +106,13 @@ class WeightGroup:
         self.group.broadcast(buffer, 0, self.timeout).wait(self.timeout)
 
     def send(self, named: Iterable[tuple[str, torch.Tensor]], specs: list[TensorSpec], bucket_bytes: int) -> None:
-        """Rank 0: broadcast `named` (in `specs` order) bucket by bucket."""
-        tensors = [t for _, t in named]
+        """Rank 0: broadcast `named` (in `specs` order) bucket by bucket, drawing from `named` only the bucket in
+        flight (buckets are consecutive), so a source that gathers as it yields never holds the whole model."""
+        stream = iter(named)
         for bucket in plan_buckets(specs, bucket_bytes):
-            flat = torch.cat([tensors[i].detach().reshape(-1) for i in bucket]).to(self.device)
-            self.broadcast(flat)
+            pieces = [next(stream)[1].detach().reshape(-1) for _ in bucket]
+            self.broadcast(torch.cat(pieces).to(self.device))
+            del pieces
 
     def receive(self, specs: list[TensorSpec], bucket_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
         """Ranks ≥ 1: yield (name, tensor) on this group's device, bucket by bucket, as the broadcasts arrive."""

@@ -42,10 +42,22 @@ def test_two_ranks_exchange_mixed_dtypes_in_small_buckets():
         group = WeightGroup("gloo", "127.0.0.1", trainer.port, 1, timeout_s=10).connect()
         received.update({name: t.clone() for name, t in group.receive(specs, bucket_bytes=40)})
 
+    drawn, drawn_at_broadcast = [], []
+
+    def source():  # a source that materializes as it yields, as a ZeRO-3 gather does
+        for item in named:
+            drawn.append(item[0])
+            yield item
+
     thread = threading.Thread(target=server)
     thread.start()
-    trainer.connect().send(named, specs, bucket_bytes=40)
+    trainer = trainer.connect()
+    broadcast = trainer.broadcast
+    trainer.broadcast = lambda buffer: drawn_at_broadcast.append(len(drawn)) or broadcast(buffer)
+    trainer.send(source(), specs, bucket_bytes=40)
     thread.join(timeout=20)
+    # buckets [w] (48 bytes, alone), [b], [h]: each drawn only when its bucket goes out
+    assert drawn_at_broadcast == [1, 2, 3]
     assert list(received) == ["w", "b", "h"]
     for name, tensor in named:
         assert received[name].dtype == tensor.dtype and torch.equal(received[name], tensor), name
