@@ -110,3 +110,25 @@ def gspo_rank_main(
         crash_after(crash_after_step)
     run_gspo(config)
     mark_done()
+
+
+def gspo_rank_main_first_push_fails(rank: int, world: int, port: int, config, env: dict | None = None) -> None:
+    """A GSPO rank whose first weight push fails on rank 0 before any weight moves (the servers refuse to start the
+    update round): the ranks must agree to retry, the others having finished their gathers. Rank 0 writes
+    `out_dir/push_failed` when it injects the failure."""
+    from pathlib import Path
+
+    from cascade_rl.rollout.vllm_server import FleetClient
+
+    original = FleetClient.start_weight_update
+
+    def fail_first(client):
+        marker = Path(config.out_dir) / "push_failed"
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("injected\n")
+            raise RuntimeError("injected: the servers refused the first update round")
+        return original(client)
+
+    FleetClient.start_weight_update = fail_first
+    gspo_rank_main(rank, world, port, config, env)

@@ -273,6 +273,30 @@ def test_gspo_on_two_zero3_ranks_against_the_servers_matches_one_process(servers
     assert all(equal for _, equal in checks), checks
 
 
+def test_a_failed_push_under_zero3_is_retried_by_every_rank_together(servers, hd32_checkpoint, tmp_path):
+    """Rank 0's first push fails before any weight moves, while rank 1 gathers the whole round with it; the ranks
+    agree on rank 0's outcome, form a new group and push again: the run goes on, and the servers end with the final
+    weights. (A rank that retried alone, or left a gather half-way, would hang the run: `launch` times out.)"""
+    from pathlib import Path
+
+    from stages.ddp_worker import deepspeed_env, gspo_rank_main_first_push_fails, launch
+
+    pytest.importorskip("deepspeed")
+    urls = [s.url for s in servers]
+    server = {"urls": urls, "timeout_s": 120.0, "retries": 2}
+    config = gspo_config(
+        hd32_checkpoint, tmp_path, engine="server", server=server, optim={"max_steps": 1}, prompts_per_step=4
+    )
+    zero3 = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / "zero3.json"
+    launch(gspo_rank_main_first_push_fails, (2, free_port(), config, deepspeed_env(zero3)), timeout_s=900)
+    assert (tmp_path / "run" / "push_failed").exists()
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1]
+    model, processor = load_policy(tmp_path / "run" / "final")
+    checks = []
+    check_servers_decode_like_the_trainer(VLLMServerEngine(urls, processor, max_tiles=4), model, processor, checks)
+    assert all(equal for _, equal in checks), checks
+
+
 def test_a_server_dying_mid_push_is_named_after_the_retries(servers, hd32_checkpoint, tmp_path, monkeypatch):
     """Last in the module: it leaves one server dead."""
     from cascade_rl.rollout.client import TransferFailed
