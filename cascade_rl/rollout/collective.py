@@ -113,6 +113,8 @@ class WeightGroup:
             pieces = [next(stream)[1].detach().reshape(-1) for _ in bucket]
             self.broadcast(torch.cat(pieces).to(self.device))
             del pieces
+        for name, _ in stream:  # runs the source to its end (a gathering source releases its last bucket there)
+            raise ValueError(f"weight source yields {name!r} beyond the {len(specs)} announced tensors")
 
     def receive(self, specs: list[TensorSpec], bucket_bytes: int) -> Iterator[tuple[str, torch.Tensor]]:
         """Ranks ≥ 1: yield (name, tensor) on this group's device, bucket by bucket, as the broadcasts arrive."""

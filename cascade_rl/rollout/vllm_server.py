@@ -204,17 +204,19 @@ class VLLMServerEngine:
         )
 
     def _try_push(self, model) -> str | None:
-        """One push; the failure's text (None when it went through). A failed sender finishes the round's gathers."""
-        source = None
+        """One push; the failure's text (None when it went through). Every rank ends with the round's source
+        iterated to its end: a sender that failed half-way finishes the gathers the other ranks are in, and no
+        gathered bucket stays held."""
+        source, failure = None, None
         try:
             if self.transfer is None:
                 self.transfer = self._form_group(model)
             source = self.transfer.source = self._source(model)
             self.transfer.send_weights()
-            return None
         except (EngineUnavailable, RuntimeError, ValueError) as err:
-            (source or policy_source(model, None)).finish_round()
-            return str(err) or type(err).__name__
+            failure = str(err) or type(err).__name__
+        (source or policy_source(model, None)).finish_round()
+        return failure
 
     def _source(self, model):
         """This round's weights: cast to the wire dtype on rank 0; the other ranks only gather, uncast."""
