@@ -244,6 +244,7 @@ def test_gspo_on_two_zero3_ranks_against_the_servers_matches_one_process(servers
     step 2's rewards and losses come from the weights pushed after step 1."""
     from pathlib import Path
 
+    from rank_runs import assert_two_ranks_equal_one
     from stages.ddp_worker import deepspeed_env, gspo_rank_main, launch
 
     pytest.importorskip("deepspeed")
@@ -255,17 +256,7 @@ def test_gspo_on_two_zero3_ranks_against_the_servers_matches_one_process(servers
     run_gspo(one)
     zero3 = Path(__file__).resolve().parents[2] / "recipes" / "deepspeed" / "zero3.json"
     launch(gspo_rank_main, (2, free_port(), two, deepspeed_env(zero3)), timeout_s=900)
-    rows_one = read_metrics(tmp_path / "one/run/metrics.jsonl")
-    rows_two = read_metrics(tmp_path / "two/run/metrics.jsonl")
-    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2]
-    for a, b in zip(rows_one, rows_two):
-        for key in ("reward_mean", "completion_length", "loss", "logprob_gap_engine_vs_trainer"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
-        assert b["rollout_tokens"] == a["rollout_tokens"]  # summed over the ranks
-    final_one = load_policy(tmp_path / "one/run/final")[0].state_dict()
-    final_two = load_policy(tmp_path / "two/run/final")[0].state_dict()
-    for name, value in final_one.items():
-        torch.testing.assert_close(final_two[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    assert_two_ranks_equal_one(tmp_path / "one/run", tmp_path / "two/run")
     model, processor = load_policy(tmp_path / "two/run/final")
     engine = VLLMServerEngine(urls, processor, max_tiles=4, weight_backend="gloo")
     checks = []  # the servers hold what the two ranks pushed last: the final weights

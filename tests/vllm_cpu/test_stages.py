@@ -80,6 +80,7 @@ def test_gspo_on_two_ranks_with_an_engine_each_matches_one_process(hd32_checkpoi
     """Two gloo ranks, each with its own colocated vLLM engine (external_launcher executor), sample their half of a
     step's prompts; seeds are per prompt, so the run equals one process with one engine over the same prompts. Under
     DeepSpeed ZeRO-3 each engine takes the weights gathered from the partitions, bucket by bucket."""
+    from rank_runs import assert_two_ranks_equal_one
     from stages.ddp_worker import deepspeed_env, gspo_rank_main, launch
     from stages.test_gspo_ddp import free_port
 
@@ -95,14 +96,4 @@ def test_gspo_on_two_ranks_with_an_engine_each_matches_one_process(hd32_checkpoi
     two = gspo_config(hd32_checkpoint, tmp_path / "two", **settings)
     GSPOTrainer(one).run()
     launch(gspo_rank_main, (2, free_port(), two, env), timeout_s=600)
-    rows_one = read_metrics(tmp_path / "one/run/metrics.jsonl")
-    rows_two = read_metrics(tmp_path / "two/run/metrics.jsonl")
-    assert len(rows_one) == len(rows_two) == 2
-    for a, b in zip(rows_one, rows_two):
-        for key in ("reward_mean", "completion_length", "loss", "logprob_gap_engine_vs_trainer"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
-        assert b["rollout_tokens"] == a["rollout_tokens"]  # summed over the ranks
-    final_one = load_policy(tmp_path / "one/run/final")[0].state_dict()
-    final_two = load_policy(tmp_path / "two/run/final")[0].state_dict()
-    for name, value in final_one.items():
-        torch.testing.assert_close(final_two[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    assert_two_ranks_equal_one(tmp_path / "one/run", tmp_path / "two/run")
