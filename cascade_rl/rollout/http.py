@@ -112,7 +112,7 @@ def wait_for_health(servers: list[ServerCalls], timeout_s: float) -> None:
                 if time.monotonic() > deadline:
                     raise EngineUnavailable(f"{err} (waited {timeout_s:g} s for it to start)") from err
                 if not announced:
-                    print(f"waiting up to {timeout_s:g} s for {server.url}/health (server_wait_s)", flush=True)
+                    print(f"waiting up to {timeout_s:g} s for {server.url}/health (server.wait_s)", flush=True)
                     announced = True
                 time.sleep(1.0)
 
