@@ -168,6 +168,48 @@ def test_the_rollout_stage_on_the_servers_stores_what_a_colocated_engine_samples
     assert len({row[3] for row in stored("served")}) == 9  # seeded per prompt and sample: no two alike
 
 
+def test_dropout_ntp_and_eval_on_the_servers_equal_a_colocated_engine(
+    servers, hd32_checkpoint, internvl_engine, tmp_path
+):
+    """The other offline stages with engine server (still the checkpoint's weights on the servers): DropoutNTP's
+    pairs (responses sampled, then continued from half their words) and eval's graded samples are those of vLLM
+    in-process."""
+    import json
+
+    from stages.conftest import write_prompts
+
+    from cascade_rl.config import from_dict
+    from cascade_rl.stages.dropout_ntp import DropoutNTPConfig, run_dropout_ntp
+    from cascade_rl.stages.eval import EvalConfig, run_eval
+
+    common = {"model_path": str(hd32_checkpoint), "prompts": str(write_prompts(tmp_path, n=3))}
+    common.update(image_root=str(tmp_path / "images"), max_tiles=4)
+    server = {"urls": [s.url for s in servers]}
+
+    def ntp(name: str, **settings) -> DropoutNTPConfig:
+        sampling = {"n": 2, "max_new_tokens": 12, "seed": 0}
+        out_dir = str(tmp_path / name)
+        return from_dict(DropoutNTPConfig, {**common, "out_dir": out_dir, "sampling": sampling, **settings})
+
+    def evaluation(name: str, **settings) -> EvalConfig:
+        out = str(tmp_path / name / "eval.json")
+        return from_dict(EvalConfig, {**common, "out": out, "sampling": {"max_new_tokens": 8}, **settings})
+
+    def lines(path) -> list[dict]:
+        return [json.loads(line) for line in open(path)]
+
+    run_dropout_ntp(ntp("ntp_served", engine="server", server=server))
+    run_dropout_ntp(ntp("ntp_colocated"), engine=internvl_engine)
+    pairs = lines(tmp_path / "ntp_served" / "pairs.jsonl")
+    assert pairs and pairs == lines(tmp_path / "ntp_colocated" / "pairs.jsonl")
+
+    served = run_eval(evaluation("eval_served", engine="server", server=server))
+    colocated = run_eval(evaluation("eval_colocated"), engine=internvl_engine)
+    assert served["accuracy"] == colocated["accuracy"]
+    samples = lines(tmp_path / "eval_served" / "eval.samples.jsonl")
+    assert len(samples) == 3 and samples == lines(tmp_path / "eval_colocated" / "eval.samples.jsonl")
+
+
 def test_the_rollout_stage_refuses_servers_of_another_checkpoint(servers, hd32_checkpoint, tmp_path):
     other = tmp_path / "another_checkpoint"
     other.symlink_to(hd32_checkpoint, target_is_directory=True)
