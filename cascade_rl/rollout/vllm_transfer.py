@@ -217,9 +217,14 @@ class PolicySource(WeightSource):
             yield name, tensor.to(self.dtype) if self.dtype else tensor
         self._done = True
 
+    @property
+    def finished(self) -> bool:
+        """Whether this round's pass has run to its end."""
+        return self._done
+
     def finish_round(self) -> None:
         """Iterate the rest of this round's pass (a whole pass when none started)."""
-        if not self._done:
+        if not self.finished:
             for _ in self._pass if self._pass is not None else iter(self):
                 pass
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from cascade_rl.config import check_choices, dump_yaml
+from cascade_rl.config import dump_yaml
 from cascade_rl.data import DataError, PromptRow, read_prompts, row_to_request
 from cascade_rl.data.reader import iter_raw_records
 from cascade_rl.data_tools.dropout_ntp import (
@@ -43,9 +43,9 @@ from cascade_rl.data_tools.pairs import write_pairs
 from cascade_rl.data_tools.records import RolloutRecord
 from cascade_rl.data_tools.store import RolloutStore
 from cascade_rl.rollout import Rollout, RolloutRequest, SamplingConfig
-from cascade_rl.rollout.factory import ServerSettings, check_server_settings
+from cascade_rl.rollout.factory import ServerSettings
 from cascade_rl.rollout.vllm_support import VLLMSettings, require_vllm
-from cascade_rl.stages.rollout import open_store, sampling_engine
+from cascade_rl.stages.rollout import check_sampling_stage, open_store, sampling_engine
 
 # InternVL's DropoutNTP pipeline: one sample, temperature 0.7 (its code; 1.0 in its docs), top_k 50, top_p 1.0,
 # 2048 new tokens. Here the responses it truncates are sampled with the same settings.
@@ -76,10 +76,7 @@ class DropoutNTPConfig:
     on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
-        check_choices(self)
-        if not self.model_path or not self.prompts:
-            raise ValueError("model_path and prompts are required")
-        check_server_settings(self.engine, self.server)
+        check_sampling_stage(self)
         check_start_ratio(self.start_ratio)
 
 

@@ -24,14 +24,14 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from cascade_rl.config import ConfigError, check_choices, dump_yaml, from_dict
+from cascade_rl.config import ConfigError, dump_yaml, from_dict
 from cascade_rl.data import read_prompts, row_to_request
 from cascade_rl.data.io import atomic_write_json, atomic_write_jsonl
 from cascade_rl.rewards.scoring import CorrectRule, RewardSpec, check_rules, grade, reward_columns, reward_runner
 from cascade_rl.rollout import Rollout, SamplingConfig
-from cascade_rl.rollout.factory import ServerSettings, check_server_settings
+from cascade_rl.rollout.factory import ServerSettings
 from cascade_rl.rollout.vllm_support import VLLMSettings
-from cascade_rl.stages.rollout import sampling_engine
+from cascade_rl.stages.rollout import check_sampling_stage, sampling_engine
 
 # Greedy: one completion per prompt at temperature 0.
 EVAL_SAMPLING = SamplingConfig(n=1, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=1024, seed=0)
@@ -61,10 +61,7 @@ class EvalConfig:
     on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
-        check_choices(self)
-        if not self.model_path or not self.prompts:
-            raise ValueError("model_path and prompts are required")
-        check_server_settings(self.engine, self.server)
+        check_sampling_stage(self)
         check_rules(self.rewards, self.correct)
         n = self.sampling.n
         if n > 1 and self.sampling.temperature <= 0:

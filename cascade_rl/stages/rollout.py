@@ -59,11 +59,17 @@ class RolloutStageConfig:
     on_error: Literal["raise", "skip"] = "raise"
 
     def __post_init__(self):
-        check_choices(self)
-        if not self.model_path or not self.prompts:
-            raise ValueError("model_path and prompts are required")
-        check_server_settings(self.engine, self.server)
+        check_sampling_stage(self)
         check_rules(self.rewards, self.correct)
+
+
+def check_sampling_stage(config) -> None:
+    """The checks every offline sampling stage's config (rollout, dropout-ntp, eval) shares: choices, the required
+    `model_path` and `prompts`, and the `server:` section when `engine` is server."""
+    check_choices(config)
+    if not config.model_path or not config.prompts:
+        raise ValueError("model_path and prompts are required")
+    check_server_settings(config.engine, config.server)
 
 
 def add_failures(total: dict[str, dict[str, int]], batch: dict[str, dict[str, int]]) -> None:

@@ -39,4 +39,4 @@ def test_a_non_sender_rank_pushes_by_iterating_and_never_calls_a_server(hd32_int
     engine.trainer_rank, engine.sender, engine.wire_dtype = 1, False, None
     engine.update_weights(model)
     assert engine.transfer is not None and not engine.transfer.is_sender
-    assert engine.transfer.source._done  # the whole round iterated: its gathers, under ZeRO-3, taken part in
+    assert engine.transfer.source.finished  # the whole round iterated: its gathers, under ZeRO-3, taken part in
